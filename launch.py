@@ -1,0 +1,31 @@
+"""posekit entry point: compose the config (Hydra) -> validate -> run one stage.
+
+    python launch.py                                   # train on the embedded synthetic data
+    python launch.py stage=export precision=int8       # any stage, any composable choice
+    python launch.py -m +sweep=accuracy_latency        # a multirun sweep from sweeps/
+    python launch.py --help                            # config groups;  --cfg job  prints the composed config
+"""
+
+import os
+from pathlib import Path
+
+# The sweeps/ search path is absolute (conf/config.yaml), so +sweep=... works from any directory.
+os.environ.setdefault("POSEKIT_ROOT", str(Path(__file__).resolve().parent))
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from posekit.config import register  # noqa: E402
+
+register()
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    from posekit.stages import run_stage
+
+    return run_stage(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Encode: keypoints -> heatmap and PAF targets at the network's output stride (vectorized numpy).
+
+Shapes: P people, J network joints, L limbs, output grid (h, w) = input (H/s, W/s).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from posekit.skeleton import Skeleton
+
+
+def cell_centers(n: int, stride: int) -> np.ndarray:
+    """(n,) input-pixel coordinates of the output cells' centres: ``stride*i + (stride-1)/2``."""
+    return np.arange(n, dtype=np.float32) * stride + (stride - 1) / 2.0
+
+
+def encode(
+    keypoints: np.ndarray,
+    skeleton: Skeleton,
+    out_hw: tuple[int, int],
+    stride: int = 8,
+    sigma: float = 7.0,
+    paf_half_width: float = 8.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Make the training targets for one image.
+
+    Args:
+        keypoints: (P, J, 3) [x, y, v] in network-input pixel-index coordinates, network joint order;
+            v > 0 means labeled (visible or occluded). Keypoints outside the input still contribute their
+            Gaussian tail / PAF band inside it.
+        skeleton: gives J and the limbs.
+        out_hw: (h, w) of the output grid (input size / stride).
+        sigma: heatmap Gaussian sigma in input pixels (TAO: 7).
+        paf_half_width: PAF band half-width in input pixels (TAO: 8).
+
+    Returns:
+        heatmaps: (J + 1, h, w) float32; per joint the max over people of exp(-d^2 / 2 sigma^2) (values under
+            0.001 zeroed, as TAO), last channel background = clip(1 - max_j H_j, 0, 1).
+        pafs: (2L, h, w) float32; channel 2k/2k+1 = x/y of the unit vector from limb k's start to its end on
+            cells within ``paf_half_width`` of the segment (and within half a cell past its ends); where people's
+            limbs overlap the vectors are averaged (TAO overwrites them: quirk 2, fixed).
+    """
+    h, w = out_hw
+    kps = np.asarray(keypoints, dtype=np.float32).reshape(-1, skeleton.num_joints, 3)
+    gx, gy = cell_centers(w, stride), cell_centers(h, stride)
+    heat = np.zeros((skeleton.num_heatmaps, h, w), dtype=np.float32)
+    paf = np.zeros((skeleton.num_pafs, h, w), dtype=np.float32)
+    if len(kps) == 0:
+        heat[-1] = 1.0
+        return heat, paf
+
+    # --- heatmaps: separable Gaussians, (P, J, h, 1) * (P, J, 1, w), max over people
+    labeled = kps[..., 2] > 0  # (P, J)
+    ex = np.exp(-((gx[None, None, :] - kps[..., 0:1]) ** 2) / (2 * sigma**2))  # (P, J, w)
+    ey = np.exp(-((gy[None, None, :] - kps[..., 1:2]) ** 2) / (2 * sigma**2))  # (P, J, h)
+    g = ey[..., :, None] * ex[..., None, :] * labeled[..., None, None]  # (P, J, h, w)
+    joints = g.max(axis=0)
+    joints[joints < 1e-3] = 0.0
+    heat[:-1] = joints
+    heat[-1] = np.clip(1.0 - joints.max(axis=0), 0.0, 1.0)
+
+    # --- PAFs: per limb, all people at once; average where bands overlap
+    limbs = np.asarray(skeleton.limbs, dtype=np.int64)  # (L, 2)
+    pa, pb = kps[:, limbs[:, 0]], kps[:, limbs[:, 1]]  # (P, L, 3)
+    ok = (pa[..., 2] > 0) & (pb[..., 2] > 0)
+    d = pb[..., :2] - pa[..., :2]  # (P, L, 2)
+    length = np.linalg.norm(d, axis=-1)  # (P, L)
+    ok &= length > 1e-3
+    u = d / np.maximum(length, 1e-6)[..., None]  # (P, L, 2) unit vectors
+    # grid offsets from each limb start: (P, L, h, w)
+    rx = gx[None, None, None, :] - pa[..., 0, None, None]
+    ry = gy[None, None, :, None] - pa[..., 1, None, None]
+    along = rx * u[..., 0, None, None] + ry * u[..., 1, None, None]
+    across = np.abs(rx * u[..., 1, None, None] - ry * u[..., 0, None, None])
+    half_cell = stride / 2.0
+    band = (
+        (along >= -half_cell)
+        & (along <= length[..., None, None] + half_cell)
+        & (across <= paf_half_width)
+        & ok[..., None, None]
+    )  # (P, L, h, w)
+    count = band.sum(axis=0).astype(np.float32)  # (L, h, w)
+    vx = (band * u[..., 0, None, None]).sum(axis=0)
+    vy = (band * u[..., 1, None, None]).sum(axis=0)
+    nz = count > 0
+    vx[nz] /= count[nz]
+    vy[nz] /= count[nz]
+    paf[0::2] = vx
+    paf[1::2] = vy
+    return heat, paf

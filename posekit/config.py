@@ -1,0 +1,371 @@
+"""Typed configuration schema (registered in Hydra's ConfigStore) and start-up validation.
+
+The YAML files under ``conf/`` are merged onto these dataclasses, so an unknown key or a wrong type fails at
+composition time with a message naming the key. ``validate`` then checks the rules types cannot express
+(input shape a multiple of 8, stage count in [2, 7], ...) and raises :class:`ConfigError` naming the key and
+the allowed values. Every node mirrors the object it builds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+
+from posekit.errors import UserError  # noqa: E402
+
+
+class ConfigError(UserError, ValueError):
+    """A composed config that cannot run; the message names the key, the allowed values and the fix."""
+
+
+class Stage(str, Enum):
+    train = "train"
+    prune = "prune"
+    retrain = "retrain"
+    export = "export"
+    eval = "eval"
+    infer = "infer"
+    bench = "bench"
+    calibrate = "calibrate"
+    pipeline = "pipeline"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+# --------------------------------------------------------------------------------------------- experiment
+@dataclass
+class ExperimentConfig:
+    name: str = "default"
+    root: str = "experiments"  # relative paths are relative to the directory launch.py was started from
+    dir: str = "${.root}/${.name}"  # every stage reads and writes under here (docs/experiment-layout.md)
+
+
+# --------------------------------------------------------------------------------------------- keypoints
+@dataclass
+class KeypointsConfig:
+    name: str = MISSING
+    dataset_joints: List[str] = MISSING
+    sigmas: List[float] = MISSING
+    joints: List[str] = MISSING
+    derived: Dict[str, List[str]] = field(default_factory=dict)
+    limbs: List[List[str]] = MISSING
+    flip_pairs: List[List[str]] = field(default_factory=list)
+    no_new_person_limbs: List[int] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------- model
+@dataclass
+class ModelConfig:
+    name: str = "bpnet_lite"
+    stages: int = 3  # initial stage + (stages-1) refinement stages, 2..7
+    width: float = 1.0  # hidden-channel multiplier (1.0 = TAO, 16,777,835 params at 3 stages)
+    input_shape: List[int] = field(default_factory=lambda: [288, 384])  # [H, W], multiples of 8
+
+
+# --------------------------------------------------------------------------------------------- data
+@dataclass
+class SyntheticConfig:
+    seed: int = 0
+    num_train: int = 2000
+    num_val: int = 200
+    image_size: List[int] = field(default_factory=lambda: [384, 512])  # [H, W] of generated images
+    min_people: int = 1
+    max_people: int = 6  # per image; val images never exceed 20 (COCO eval keeps 20 detections)
+    person_height: List[float] = field(default_factory=lambda: [0.25, 0.8])  # fraction of image height
+    crowd_prob: float = 0.1  # images with an iscrowd=1 region
+    unannotated_prob: float = 0.15  # images with a drawn but unannotated person (num_keypoints=0)
+    distractors: int = 6  # limb-like clutter strokes per image
+    cache_dir: Optional[str] = None  # default: $POSEKIT_CACHE/synthetic or ~/.cache/posekit/synthetic
+
+
+@dataclass
+class AugmentConfig:
+    enabled: bool = True
+    target_person_scale: float = 0.6  # main person's bbox height / input height (TAO)
+    scale_jitter: List[float] = field(default_factory=lambda: [0.8, 1.2])  # TAO: zoom off (1.0)
+    rotate_deg: float = 40.0
+    translate_px: float = 40.0
+    flip_prob: float = 0.5
+    color_jitter: float = 0.3  # brightness/contrast/saturation strength; 0 disables (TAO has none)
+    hue_jitter: float = 0.05
+    border_value: int = 128
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING  # synthetic | coco
+    root: Optional[str] = None
+    train_ann: Optional[str] = None
+    train_images: Optional[str] = None
+    val_ann: Optional[str] = None
+    val_images: Optional[str] = None
+    batch_size: int = 16
+    num_workers: int = 2
+    val_max_images: Optional[int] = None  # cap the val set (validation during training, quick evals)
+    main_person_min_keypoints: int = 5  # TAO data_filtering_params
+    main_person_min_area: float = 1024.0
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+# --------------------------------------------------------------------------------------------- codec
+@dataclass
+class DecodeConfig:
+    upsample: int = 1  # 1 = decode on the stride-8 maps with sub-pixel refinement; TAO uses 8, LW-OpenPose 4
+    smooth_sigma: float = 0.0  # Gaussian smoothing before NMS (0 = off; TAO Keras path: 5x5, sigma 3)
+    nms_window: int = 3
+    peak_threshold: float = 0.1
+    subpixel: bool = True
+    paf_samples: int = 10
+    paf_min_score: float = 0.05
+    paf_min_ratio: float = 0.8  # fraction of samples above paf_min_score
+    min_parts: int = 4
+    min_mean_score: float = 0.4
+    max_people: int = 20
+
+
+@dataclass
+class CodecConfig:
+    stride: int = 8
+    sigma: float = 7.0  # heatmap Gaussian, input pixels
+    paf_half_width: float = 8.0  # PAF band half-width, input pixels
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+
+# --------------------------------------------------------------------------------------------- precision
+@dataclass
+class CalibrationConfig:
+    method: str = "entropy"  # entropy | minmax | percentile (ONNX Runtime calibrators)
+    percentile: float = 99.99
+    num_images: int = 64
+    batch_size: int = 8
+    min_persons: int = 1
+    min_keypoints: int = 5
+    seed: int = 42
+    images: Optional[str] = None  # a folder or a list file of calibration images; default: sampled from train
+
+
+@dataclass
+class PrecisionConfig:
+    name: Precision = Precision.fp32
+    keep_io_fp32: bool = True  # fp16: keep FP32 inputs/outputs so callers need not cast
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+
+
+# --------------------------------------------------------------------------------------------- training
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"  # gpu presets: bf16-mixed
+    max_epochs: int = 30
+    max_steps: int = -1
+    max_time: Optional[str] = None  # "DD:HH:MM:SS"
+    limit_train_batches: Any = 1.0
+    limit_val_batches: Any = 1.0
+    check_val_every_n_epoch: int = 5
+    log_every_n_steps: int = 10
+    gradient_clip_val: Optional[float] = None
+    accumulate_grad_batches: int = 1
+    deterministic: bool = False
+    benchmark: Optional[bool] = None
+    sync_batchnorm: bool = False
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    schedule: str = "cosine"  # cosine | softstart_annealing
+    warmup: float = 0.05  # fraction of steps (soft start)
+    annealing: float = 0.5  # softstart_annealing: fraction of steps where annealing starts
+    min_lr: float = 1e-6
+    stagewise_lr: bool = False  # TAO multipliers: refinement stages x4, biases x2
+    l1_kernel_reg: float = 0.0  # TAO: 5e-4 on every conv kernel; pushes weights to zero for pruning
+
+
+@dataclass
+class TrainConfig:
+    resume: bool = True  # resume from the stage's last.ckpt if present
+    channels_last: bool = True
+    compile: bool = False  # net.compile() (in place; state_dict keys stay clean)
+    monitor: str = "val/AP"  # checkpoint selection; "train/loss" when validation is off
+    val_every_n_epochs: int = 5
+    val_max_images: Optional[int] = 100
+    save_top_k: int = 1
+
+
+@dataclass
+class RetrainConfig:
+    model: Optional[str] = None  # default: the experiment's prune/model.pruned-<pth>.pt
+    l1_kernel_reg: float = 0.0  # TAO retrain: regularization off
+    max_epochs: Optional[int] = None  # default: trainer.max_epochs
+    lr_scale: float = 1.0
+
+
+# --------------------------------------------------------------------------------------------- prune
+@dataclass
+class PruneConfig:
+    model: Optional[str] = None  # default: the experiment's train/model.pt
+    pth: float = 0.2
+    norm: str = "l2"  # l2 | l1: per-filter kernel norm
+    normalizer: str = "max"  # max | L2
+    equalization: str = "union"  # union | intersection | arithmetic_mean | geometric_mean
+    granularity: int = 8
+    min_filters: int = 16
+    excluded_layers: List[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------- runtime
+@dataclass
+class RuntimeConfig:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    mode: str = "strict"  # strict (pad to the network input) | adjust (keep aspect, variable size)
+    scales: List[float] = field(default_factory=lambda: [1.0])  # multi-scale test, maps averaged
+    flip: bool = False  # flip test
+    torch_precision: str = "fp32"  # torch backend: fp32 | fp16 | bf16
+    cuda_graphs: bool = True  # torch backend on CUDA with a fixed input shape
+    channels_last: bool = True
+    ort_threads: int = 0  # 0 = ONNX Runtime default
+    batch_size: int = 1
+
+
+# --------------------------------------------------------------------------------------------- export
+@dataclass
+class ExportConfig:
+    model: Optional[str] = None  # default: latest of retrain > prune > train in the experiment
+    opset: int = 17
+    data_format: str = "channels_first"  # channels_first | channels_last (NHWC input like TAO's input_1:0)
+    dynamic_batch: bool = False
+    input_name: str = "input"
+    parity_atol: float = 1e-3
+    engine: bool = False  # build a TensorRT engine when tensorrt + a GPU are present
+    deploy: bool = False  # fold post-processing into the graph + write a DeepStream nvinfer config
+    paf_upsample: int = 4  # deploy: PAF upsampling folded into the graph (TAO)
+    peak_map: bool = True  # deploy: add a max-pool peak map output
+    cpu_int8: bool = True  # int8: also write the ONNX Runtime-tuned (U8S8) CPU model
+    workspace_gb: float = 2.0
+
+
+# --------------------------------------------------------------------------------------------- eval/infer/bench
+@dataclass
+class EvalConfig:
+    artifact: Optional[str] = None  # any model file, checkpoint, ONNX or engine; default: experiment's latest
+    max_images: Optional[int] = None
+    max_dets: int = 20
+
+
+@dataclass
+class InferConfig:
+    input: Optional[str] = None  # an image, a folder or a video
+    artifact: Optional[str] = None
+    output: Optional[str] = None  # default: <experiment>/infer/<input name>
+    draw: bool = True
+    min_score: float = 0.0
+
+
+@dataclass
+class BenchConfig:
+    artifacts: List[str] = field(default_factory=list)  # default: the experiment's exported ONNX models
+    batch_sizes: List[int] = field(default_factory=lambda: [1])
+    warmup: int = 10
+    iters: int = 50
+    end_to_end: bool = True
+    images: Optional[str] = None  # images for end-to-end timing; default: the val set
+
+
+@dataclass
+class PipelineConfig:
+    steps: List[str] = field(
+        default_factory=lambda: ["train", "eval", "prune", "retrain", "eval", "export", "eval", "bench"]
+    )
+
+
+# --------------------------------------------------------------------------------------------- root
+@dataclass
+class Config:
+    stage: Stage = Stage.train
+    seed: int = 42
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    keypoints: KeypointsConfig = field(default_factory=KeypointsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+# --------------------------------------------------------------------------------------------- validation
+def _choice(value: Any, key: str, allowed: list[str]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; allowed values: {allowed}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check what the schema's types cannot; raise :class:`ConfigError` naming the key and the allowed values."""
+    h_w = list(cfg.model.input_shape)
+    if len(h_w) != 2 or any(int(v) <= 0 or int(v) % cfg.codec.stride for v in h_w):
+        raise ConfigError(
+            f"model.input_shape={h_w}: need [H, W], both positive multiples of {cfg.codec.stride} (the network's "
+            f"output stride). Pick a named resolution (resolution=224x320 | 256x256 | 288x384 | 320x448) or e.g. "
+            f"model.input_shape=[288,384]."
+        )
+    if not 2 <= cfg.model.stages <= 7:
+        raise ConfigError(f"model.stages={cfg.model.stages}: allowed values are 2..7 (initial + refinement stages)")
+    if not cfg.model.width > 0:
+        raise ConfigError(f"model.width={cfg.model.width}: must be > 0 (1.0 = TAO's BpNetLite)")
+    if cfg.codec.stride != 8:
+        raise ConfigError(f"codec.stride={cfg.codec.stride}: BpNetLite's output stride is 8; allowed values: [8]")
+    _choice(cfg.data.name, "data.name", ["synthetic", "coco"])
+    _choice(cfg.optim.name, "optim.name", ["adamw", "sgd"])
+    _choice(cfg.optim.schedule, "optim.schedule", ["cosine", "softstart_annealing"])
+    _choice(cfg.runtime.mode, "runtime.mode", ["strict", "adjust"])
+    _choice(cfg.runtime.torch_precision, "runtime.torch_precision", ["fp32", "fp16", "bf16"])
+    _choice(cfg.export.data_format, "export.data_format", ["channels_first", "channels_last"])
+    _choice(cfg.precision.calibration.method, "precision.calibration.method", ["entropy", "minmax", "percentile"])
+    _choice(cfg.prune.norm, "prune.norm", ["l2", "l1"])
+    _choice(cfg.prune.normalizer, "prune.normalizer", ["max", "L2"])
+    _choice(
+        cfg.prune.equalization,
+        "prune.equalization",
+        ["union", "intersection", "arithmetic_mean", "geometric_mean"],
+    )
+    if not cfg.prune.pth >= 0:
+        raise ConfigError(f"prune.pth={cfg.prune.pth}: the pruning threshold must be a number >= 0 (TAO: 0.05..3.0)")
+    if cfg.prune.granularity < 1 or cfg.prune.min_filters < 1:
+        raise ConfigError("prune.granularity and prune.min_filters must be >= 1 (TAO: 8 and 16)")
+    if cfg.export.opset < 17:
+        raise ConfigError(f"export.opset={cfg.export.opset}: allowed values are >= 17")
+    if any(s <= 0 for s in cfg.runtime.scales):
+        raise ConfigError(f"runtime.scales={list(cfg.runtime.scales)}: scales must be > 0")
+    unknown = set(cfg.pipeline.steps) - {s.value for s in Stage} - {"calibrate"}
+    if unknown:
+        raise ConfigError(f"pipeline.steps has unknown stages {sorted(unknown)}; allowed: {[s.value for s in Stage]}")
