@@ -1,0 +1,36 @@
+"""Image reading shared by training, evaluation, inference and calibration."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from posekit.errors import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+
+
+class CorruptImageError(UserError):
+    """An image file that is missing, unreadable or not an image. Callers skip it and count it."""
+
+
+def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
+    """(H, W, 3) uint8 RGB. Raises :class:`CorruptImageError` (never returns None like ``cv2.imread``)."""
+    path = Path(path)
+    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else None
+    if data is None or data.size == 0:
+        raise CorruptImageError(f"cannot read image {path}: file missing or empty")
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if img is None:
+        raise CorruptImageError(f"cannot decode image {path}: not an image or corrupt")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def normalize(img: np.ndarray) -> np.ndarray:
+    """uint8 (..., H, W, 3) RGB -> float32 (..., 3, H, W) as TAO: x / 256 - 0.5."""
+    x = img.astype(np.float32) * (1.0 / 256.0) - 0.5
+    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
