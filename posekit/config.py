@@ -85,6 +85,7 @@ class SyntheticConfig:
     unannotated_prob: float = 0.15  # images with a drawn but unannotated person (num_keypoints=0)
     distractors: int = 6  # limb-like clutter strokes per image
     cache_dir: Optional[str] = None  # default: $POSEKIT_CACHE/synthetic or ~/.cache/posekit/synthetic
+    workers: int = 0  # generating processes (0 = all cores); the result does not depend on it
 
 
 @dataclass
@@ -131,6 +132,7 @@ class DecodeConfig:
     min_parts: int = 4
     min_mean_score: float = 0.4
     max_people: int = 20
+    max_peaks: int = 100  # per joint, best first: bounds the candidate pairs (and time) on noisy maps
 
 
 @dataclass
@@ -182,6 +184,7 @@ class TrainerConfig:
     benchmark: Optional[bool] = None
     sync_batchnorm: bool = False
     enable_progress_bar: bool = True
+    num_sanity_val_steps: int = 2  # val batches run before training (catches val-loop bugs early); 0 = off
 
 
 @dataclass
@@ -207,6 +210,7 @@ class TrainConfig:
     val_every_n_epochs: int = 5
     val_max_images: Optional[int] = 100
     save_top_k: int = 1
+    checkpoint_every_n_steps: int = 0  # 0: last.ckpt every epoch; N: every N steps (long COCO epochs)
 
 
 @dataclass
@@ -221,13 +225,13 @@ class RetrainConfig:
 @dataclass
 class PruneConfig:
     model: Optional[str] = None  # default: the experiment's train/model.pt
-    pth: float = 0.2
+    pth: float = 0.2  # keep filters whose normalized kernel norm > pth (TAO -pth); 0 = no pruning
     norm: str = "l2"  # l2 | l1: per-filter kernel norm
     normalizer: str = "max"  # max | L2
     equalization: str = "union"  # union | intersection | arithmetic_mean | geometric_mean
-    granularity: int = 8
-    min_filters: int = 16
-    excluded_layers: List[str] = field(default_factory=list)
+    granularity: int = 8  # kept filter count rounded UP to a multiple of this (TAO -pg)
+    min_filters: int = 16  # keep at least this many filters per layer (TAO -nf)
+    excluded_layers: List[str] = field(default_factory=list)  # conv names as in named_modules(): backbone.block_1a.conv
 
 
 # --------------------------------------------------------------------------------------------- runtime
@@ -242,6 +246,7 @@ class RuntimeConfig:
     channels_last: bool = True
     ort_threads: int = 0  # 0 = ONNX Runtime default
     batch_size: int = 1
+    interpolation: str = "linear"  # preprocessing warp: linear | cubic (TAO resizes with cubic)
 
 
 # --------------------------------------------------------------------------------------------- export
@@ -267,6 +272,7 @@ class EvalConfig:
     artifact: Optional[str] = None  # any model file, checkpoint, ONNX or engine; default: experiment's latest
     max_images: Optional[int] = None
     max_dets: int = 20
+    tag: Optional[str] = None  # eval/<tag>/ folder; default: the source tag (trained, pruned-0.2...) or file name
 
 
 @dataclass
@@ -293,6 +299,17 @@ class PipelineConfig:
     steps: List[str] = field(
         default_factory=lambda: ["train", "eval", "prune", "retrain", "eval", "export", "eval", "bench"]
     )
+    # the export step runs once per precision; null: only the configured precision.name (what sweeps use)
+    precisions: Optional[List[str]] = field(default_factory=lambda: ["fp32", "int8"])
+    force: bool = False  # re-run every step even when its record says it is done
+
+
+@dataclass
+class SweepConfig:
+    name: str = "sweep"  # set by sweeps/sweep/<name>.yaml; its folder: ${experiment.root}/sweeps/<name>
+    shared_dir: Optional[str] = None  # the points' shared models (train/prune/retrain); default <sweep dir>/shared
+    # [H, W] that train/prune/retrain use, so all export shapes share one model; null: the point's input_shape
+    train_shape: Optional[List[int]] = None
 
 
 # --------------------------------------------------------------------------------------------- root
@@ -317,6 +334,7 @@ class Config:
     infer: InferConfig = field(default_factory=InferConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 def register() -> None:
@@ -366,6 +384,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"export.opset={cfg.export.opset}: allowed values are >= 17")
     if any(s <= 0 for s in cfg.runtime.scales):
         raise ConfigError(f"runtime.scales={list(cfg.runtime.scales)}: scales must be > 0")
+    for p in cfg.pipeline.precisions or []:
+        _choice(p, "pipeline.precisions[]", [x.value for x in Precision])
+    if cfg.sweep.train_shape is not None and (
+        len(cfg.sweep.train_shape) != 2 or any(int(v) <= 0 or int(v) % cfg.codec.stride for v in cfg.sweep.train_shape)
+    ):
+        raise ConfigError(f"sweep.train_shape={list(cfg.sweep.train_shape)}: need [H, W], multiples of 8, or null")
     unknown = set(cfg.pipeline.steps) - {s.value for s in Stage} - {"calibrate"}
     if unknown:
         raise ConfigError(f"pipeline.steps has unknown stages {sorted(unknown)}; allowed: {[s.value for s in Stage]}")

@@ -6,6 +6,7 @@ pixels [s*i, s*i + s - 1], so its centre is at ``s*i + (s - 1)/2`` (3.5 for stri
 alike (TAO puts PAFs on the top-left corners: quirk 2, fixed).
 """
 
+from posekit.codec.decode import Decoder, People, decode
 from posekit.codec.encode import cell_centers, encode
 
-__all__ = ["cell_centers", "encode"]
+__all__ = ["Decoder", "People", "cell_centers", "decode", "encode"]

@@ -1,0 +1,1 @@
+"""Benchmark scripts: `python -m posekit.benchmarks.<name>` prints figures (never timed tests)."""

@@ -1,0 +1,152 @@
+"""Geometry and colour augmentation: TAO's person-centric affine (one 2x3 matrix for image, mask and keypoints)
+and albumentations' colour jitter.
+
+All matrices map *source pixel-index* coordinates to *network-input pixel-index* coordinates (pixel k's centre at
+k, the posekit convention, which is also ``cv2.warpAffine``'s), so a keypoint drawn on pixel (x, y) of the source
+lands on the pixel the image content lands on.
+
+The geometric part is a hand-built matrix + ``cv2.warpAffine`` rather than albumentations ``Affine``: the
+transform is centred on a chosen person (not on the image) and scaled from that person's box height, which
+``Affine`` cannot express, and the same matrix must also warp the loss mask and be returned to the caller.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+
+from posekit.skeleton import Skeleton
+
+
+# ---------------------------------------------------------------------------------------------- matrices
+def _affine(a: np.ndarray) -> np.ndarray:
+    """(2, 3) -> (3, 3) homogeneous."""
+    return np.vstack([a, [0.0, 0.0, 1.0]])
+
+
+def letterbox_matrix(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarray:
+    """(2, 3) affine fitting a whole ``src_hw`` image into ``dst_hw``: aspect kept, centred (TAO "strict" mode).
+
+    The uniform scale ``s = min(W_dst / W_src, H_dst / H_src)`` maps the source's pixel extent [-0.5, W - 0.5]
+    onto a centred span of the destination, so ``x' = s * (x + 0.5) - 0.5 + pad_x``; the padding (filled with the
+    border value by the caller) is split evenly.
+    """
+    (h, w), (H, W) = src_hw, dst_hw
+    s = min(W / w, H / h)
+    pad_x, pad_y = (W - s * w) / 2.0, (H - s * h) / 2.0
+    return np.array([[s, 0.0, 0.5 * s - 0.5 + pad_x], [0.0, s, 0.5 * s - 0.5 + pad_y]])
+
+
+def person_centric_matrix(
+    center: np.ndarray,
+    person_height: float,
+    input_hw: tuple[int, int],
+    target_scale: float = 0.6,
+    zoom: float = 1.0,
+    angle_deg: float = 0.0,
+    shift: tuple[float, float] = (0.0, 0.0),
+    flip: bool = False,
+) -> np.ndarray:
+    """TAO's person-centric affine, (2, 3): ``T(out centre + shift) . Flip . S(z) . R(angle) . T(-center)``.
+
+    Args:
+        center: (2,) the main person's box centre, source pixel-index coordinates.
+        person_height: the main person's box height in source pixels (TAO's person "scale").
+        input_hw: (H, W) network input.
+        target_scale: the person's box height as a fraction of the input height after scaling (TAO: 0.6).
+        zoom: multiplies the scale (scale jitter; TAO: 1).
+        angle_deg: in-plane rotation about the person's centre.
+        shift: (dx, dy) translation in *input* pixels. TAO shifts the centre in source pixels, which makes the
+            displacement the network sees depend on the person's size; here it does not.
+        flip: mirror left-right about the input's vertical centre line (pixel k -> W - 1 - k exactly). The
+            caller swaps left/right joint labels (``Skeleton.flip_perm``).
+    """
+    H, W = input_hw
+    z = target_scale * H / max(float(person_height), 1.0) * zoom
+    t = math.radians(angle_deg)
+    c, s = math.cos(t), math.sin(t)
+    to_origin = np.array([[1.0, 0.0, -center[0]], [0.0, 1.0, -center[1]], [0.0, 0.0, 1.0]])
+    rot_scale = np.array([[z * c, -z * s, 0.0], [z * s, z * c, 0.0], [0.0, 0.0, 1.0]])
+    mirror = np.diag([-1.0 if flip else 1.0, 1.0, 1.0])
+    to_out = np.array([[1.0, 0.0, (W - 1) / 2.0 + shift[0]], [0.0, 1.0, (H - 1) / 2.0 + shift[1]], [0.0, 0.0, 1.0]])
+    return (to_out @ mirror @ rot_scale @ to_origin)[:2]
+
+
+def transform_keypoints(keypoints: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """(P, J, 3) [x, y, v] -> the same with labeled (v > 0) points mapped by ``matrix``; unlabeled stay 0.
+
+    Points that land outside the input are kept (their Gaussian tail and PAF band still reach into it).
+    """
+    out = np.array(keypoints, dtype=np.float32, copy=True)
+    xy = out[..., :2] @ matrix[:, :2].T.astype(np.float32) + matrix[:, 2].astype(np.float32)
+    out[..., :2] = np.where(out[..., 2:3] > 0, xy, 0.0)
+    return out
+
+
+def warp_image(img: np.ndarray, matrix: np.ndarray, input_hw: tuple[int, int], border_value: int = 128) -> np.ndarray:
+    """Warp (H_src, W_src, C) uint8 into ``input_hw`` with ``matrix`` (bilinear, constant border).
+
+    Bilinear sampling aliases when shrinking, so for scales under 0.6 the source is first area-resized to about
+    the output scale (exact: the resize is folded into the matrix), then warped at a scale near 1.
+    """
+    H, W = input_hw
+    scale = math.sqrt(abs(np.linalg.det(matrix[:, :2])))
+    if scale < 0.6:
+        h, w = img.shape[:2]
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        fx, fy = nw / w, nh / h
+        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA)
+        resize = np.array([[fx, 0.0, 0.5 * fx - 0.5], [0.0, fy, 0.5 * fy - 0.5]])  # pixel-index convention
+        matrix = (_affine(matrix) @ np.linalg.inv(_affine(resize)))[:2]
+    border = (border_value,) * (img.shape[2] if img.ndim == 3 else 1)
+    return cv2.warpAffine(
+        img, matrix, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=border
+    )
+
+
+# ---------------------------------------------------------------------------------------------- augmenter
+class Augmenter:
+    """Samples the random person-centric affine and applies colour jitter (``AugmentConfig``).
+
+    ``cfg=None`` or ``cfg.enabled=False`` gives the deterministic person-centric crop (no jitter, no flip).
+    All randomness comes from the ``np.random.Generator`` passed in, so a seeded generator reproduces a sample.
+    """
+
+    def __init__(self, cfg: Any | None, skeleton: Skeleton, input_hw: tuple[int, int]):
+        self.enabled = bool(cfg is not None and cfg.enabled)
+        self.input_hw = tuple(int(v) for v in input_hw)
+        self.flip_perm = skeleton.flip_perm
+        self.target_scale = float(cfg.target_person_scale) if cfg is not None else 0.6
+        self.border_value = int(cfg.border_value) if cfg is not None else 128
+        self.cfg = cfg
+        self._color = None
+        if self.enabled and (cfg.color_jitter > 0 or cfg.hue_jitter > 0):
+            cj = float(cfg.color_jitter)
+            self._color = A.ColorJitter(brightness=cj, contrast=cj, saturation=cj, hue=float(cfg.hue_jitter), p=1.0)
+
+    def geometry(self, rng: np.random.Generator, center: np.ndarray, person_height: float) -> tuple[np.ndarray, bool]:
+        """((2, 3) matrix, flipped) for a main person with box ``center`` (2,) and ``person_height`` (px)."""
+        if not self.enabled:
+            return person_centric_matrix(center, person_height, self.input_hw, self.target_scale), False
+        c = self.cfg
+        zoom = float(rng.uniform(*c.scale_jitter))
+        angle = float(rng.uniform(-c.rotate_deg, c.rotate_deg))
+        shift = tuple(float(v) for v in rng.uniform(-c.translate_px, c.translate_px, 2))
+        flip = bool(rng.random() < c.flip_prob)
+        m = person_centric_matrix(center, person_height, self.input_hw, self.target_scale, zoom, angle, shift, flip)
+        return m, flip
+
+    def flip_joints(self, keypoints: np.ndarray) -> np.ndarray:
+        """(P, J, 3) -> left/right joint labels swapped (after a mirroring transform)."""
+        return keypoints[:, self.flip_perm]
+
+    def color(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """(H, W, 3) uint8 RGB -> colour-jittered (brightness, contrast, saturation, hue); identity when off."""
+        if self._color is None:
+            return img
+        self._color.set_random_seed(int(rng.integers(2**31)))  # albumentations draws from our stream
+        return self._color(image=img)["image"]

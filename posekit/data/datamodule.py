@@ -1,0 +1,79 @@
+"""``PoseDataModule``: the composed config -> train and validation DataLoaders (PyTorch Lightning).
+
+Train batches come from person-centric augmented samples (one per main person); validation batches are the
+whole val images letterboxed without augmentation, with targets, for the validation *loss*. Validation AP is
+computed by the training callback from ``paths.val_ann`` / ``paths.val_images``.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from posekit.data.coco import PoseDataset
+from posekit.data.paths import DataPaths, resolve_data
+from posekit.skeleton import Skeleton
+
+
+class PoseDataModule(pl.LightningDataModule):
+    """Built from ``cfg.data``, ``cfg.model.input_shape``, ``cfg.codec`` and ``cfg.keypoints``.
+
+    Attributes:
+        skeleton: the keypoint set.
+        paths: :class:`DataPaths` (resolved on first use; the synthetic dataset is generated then).
+        input_hw: (H, W) network input.
+    """
+
+    def __init__(self, cfg: DictConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.skeleton = Skeleton.from_cfg(OmegaConf.to_container(cfg.keypoints, resolve=True))
+        self.input_hw = tuple(int(v) for v in cfg.model.input_shape)
+        self.train_set: PoseDataset | None = None
+        self.val_set: PoseDataset | None = None
+
+    @cached_property
+    def paths(self) -> DataPaths:
+        return resolve_data(self.cfg)
+
+    def prepare_data(self) -> None:
+        self.paths  # generates the synthetic dataset once (other ranks wait on its file lock)
+
+    def setup(self, stage: str | None = None) -> None:
+        d = self.cfg.data
+        common = dict(skeleton=self.skeleton, input_hw=self.input_hw, codec_cfg=self.cfg.codec)
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = PoseDataset(
+                self.paths.train_ann, self.paths.train_images, augment_cfg=d.augment, train=True,
+                min_keypoints=d.main_person_min_keypoints, min_area=d.main_person_min_area, **common,
+            )  # fmt: skip
+        if stage in (None, "fit", "validate") and self.val_set is None:
+            self.val_set = PoseDataset(
+                self.paths.val_ann, self.paths.val_images, train=False, max_images=d.val_max_images, **common
+            )
+
+    def _loader(self, dataset: PoseDataset, train: bool) -> DataLoader:
+        workers = int(self.cfg.data.num_workers)
+        return DataLoader(
+            dataset,
+            batch_size=int(self.cfg.data.batch_size),
+            shuffle=train,
+            drop_last=train and len(dataset) >= int(self.cfg.data.batch_size),
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_set is None:
+            self.setup("fit")
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_set is None:
+            self.setup("validate")
+        return self._loader(self.val_set, train=False)

@@ -1,0 +1,213 @@
+"""Post-training INT8 with ONNX Runtime: calibrate once, then write every INT8 artifact from the same ranges.
+
+    ranges = calibrate(fp32.onnx, reader)                  # ORT calibrator (entropy | minmax | percentile)
+    save_ranges(ranges, ranges.json)                       # ORT's own JSON (TensorsData)
+    quantize_for_tensorrt(fp32.onnx, int8.qdq.onnx, ranges.json)   # S8S8 symmetric Q/DQ (TensorRT 10/11)
+    quantize_for_cpu(fp32.onnx, int8.cpu.onnx, ranges.json)        # U8S8 Q/DQ (ONNX Runtime CPU)
+    calib_cache.write_calibration_cache(cal.bin, ranges)            # TensorRT <= 10 implicit INT8
+
+The ranges are collected **asymmetric** (per-tensor [low, high]); each consumer derives what it needs:
+TensorRT and the Q/DQ model take ``amax = max(|low|, |high|)`` and scale ``amax / 127`` (zero point 0), the
+CPU model keeps [low, high] (U8 activations with a zero point use the full range after a ReLU, where a
+symmetric range wastes half of it).
+
+TensorRT requirements for the Q/DQ model (deploy-and-tooling §1.2): symmetric INT8 activations and weights
+(``ActivationSymmetric``/``WeightSymmetric``: zero point 0; ORT's symmetric INT8 range is [-127, 127]),
+per-channel weight scales (axis 0 of Conv), **float** biases (``QuantizeBias=False``: TensorRT's parser rejects
+ORT's INT32 bias + DequantizeLinear) and one Q/DQ pair per consumer (``DedicatedQDQPair``).
+
+ONNX Runtime's entropy calibrator defaults to 128 histogram bins and 128 quantized bins, which leaves exactly
+one candidate threshold (the full range: entropy degenerates to min-max). posekit passes
+``precision.calibration.num_bins`` (default 2048, TensorRT's histogram size) so the KL search has candidates.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from posekit import io
+from posekit.errors import UserError
+
+log = logging.getLogger(__name__)
+
+METHODS = ("entropy", "minmax", "percentile")
+
+
+def _method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    table = {"entropy": CalibrationMethod.Entropy, "minmax": CalibrationMethod.MinMax,
+             "percentile": CalibrationMethod.Percentile}
+    if name not in table:
+        raise UserError(f"precision.calibration.method={name!r}: allowed values are {list(table)}")
+    return table[name]
+
+
+def calibrate(
+    fp32_onnx: str | os.PathLike,
+    reader: Any,
+    method: str = "entropy",
+    *,
+    percentile: float = 99.99,
+    num_bins: int = 2048,
+    num_quantized_bins: int = 128,
+):
+    """Collect activation ranges of every float tensor of ``fp32_onnx`` over ``reader``'s batches.
+
+    Returns ONNX Runtime's ``TensorsData`` (name -> ``TensorData`` with ``range_value = (low, high)``); tensor
+    names are the ONNX value names of ``fp32_onnx`` itself (no pre-processing pass renames them), which is
+    what TensorRT's calibration cache must be keyed by.
+    """
+    from onnxruntime.quantization import create_calibrator
+
+    options: dict[str, Any] = {"symmetric": False}  # asymmetric ranges: see the module docstring
+    if method in ("entropy", "percentile"):
+        options["num_bins"] = int(num_bins)
+    if method == "entropy":
+        options["num_quantized_bins"] = int(num_quantized_bins)
+    if method == "percentile":
+        options["percentile"] = float(percentile)
+    with tempfile.TemporaryDirectory(prefix="posekit-calib-") as tmp:
+        calibrator = create_calibrator(
+            Path(fp32_onnx),
+            op_types_to_calibrate=None,  # every float tensor, the graph input included
+            augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            calibrate_method=_method(method),
+            extra_options=options,
+        )
+        calibrator.collect_data(reader)
+        ranges = calibrator.compute_data()
+        del calibrator  # its session holds the augmented model open inside ``tmp``
+    return _in_graph_order(ranges, fp32_onnx)
+
+
+def _in_graph_order(ranges: Any, fp32_onnx: str | os.PathLike) -> Any:
+    """The same ranges ordered like the graph (input first, then each node's output), for readable files."""
+    from onnxruntime.quantization import TensorsData
+
+    model = onnx.load(str(fp32_onnx), load_external_data=False)
+    order = [v.name for v in model.graph.input] + [o for n in model.graph.node for o in n.output]
+    names = [n for n in order if n in ranges] + sorted(set(ranges.keys()) - set(order))
+    return TensorsData(ranges.calibration_method, {n: ranges[n] for n in names})
+
+
+def save_ranges(ranges: Any, path: str | os.PathLike) -> Path:
+    """ORT's ``save_tensors_data`` JSON, written atomically (``quantize_static`` reads it back as its cache)."""
+    from onnxruntime.quantization import save_tensors_data
+
+    with io.atomic_path(path) as tmp:
+        save_tensors_data(ranges, tmp)
+    return Path(path)
+
+
+def load_ranges(path: str | os.PathLike):
+    from onnxruntime.quantization import load_tensors_data
+
+    return load_tensors_data(Path(path))
+
+
+def output_nodes(fp32_onnx: str | os.PathLike) -> list[str]:
+    """Names of the nodes that produce the graph outputs (the final heatmap and PAF convolutions)."""
+    model = onnx.load(str(fp32_onnx), load_external_data=False)
+    outs = {o.name for o in model.graph.output}
+    return [n.name for n in model.graph.node if set(n.output) & outs]
+
+
+def _quantize(
+    fp32_onnx: str | os.PathLike,
+    out: str | os.PathLike,
+    ranges_json: str | os.PathLike,
+    method: str,
+    *,
+    activation_type,
+    reduce_range: bool,
+    extra_options: dict[str, Any],
+    nodes_to_exclude: Iterable[str],
+    precision_tag: str,
+) -> Path:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from posekit.export.onnx_export import set_metadata
+
+    with io.atomic_path(out) as tmp:
+        quantize_static(
+            str(fp32_onnx),
+            str(tmp),
+            calibration_data_reader=None,  # ranges come from the cache: one calibration serves all artifacts
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=reduce_range,
+            activation_type=activation_type,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(nodes_to_exclude),
+            calibrate_method=_method(method),
+            calibration_cache_path=str(ranges_json),
+            extra_options=extra_options,
+        )
+        model = onnx.load(str(tmp))
+        set_metadata(model, **{"posekit.precision": "int8", "posekit.int8_variant": precision_tag,
+                               "posekit.calibration": method})
+        onnx.save_model(model, str(tmp))
+    return Path(out)
+
+
+def quantize_for_tensorrt(
+    fp32_onnx: str | os.PathLike,
+    out: str | os.PathLike,
+    ranges_json: str | os.PathLike,
+    method: str = "entropy",
+    *,
+    float_outputs: bool = True,
+) -> Path:
+    """The TensorRT-ready Q/DQ model: S8S8 symmetric, zero point 0, per-channel weights, float bias.
+
+    ``float_outputs`` leaves the final heatmap/PAF convolutions unquantized (they are tiny 1x1 convs, and an
+    INT8 heatmap quantizes the peaks the decoder thresholds at 0.1).
+    """
+    from onnxruntime.quantization import QuantType
+
+    return _quantize(
+        fp32_onnx, out, ranges_json, method,
+        activation_type=QuantType.QInt8,
+        reduce_range=False,
+        extra_options={
+            "ActivationSymmetric": True,
+            "WeightSymmetric": True,
+            "QuantizeBias": False,
+            "DedicatedQDQPair": True,
+        },
+        nodes_to_exclude=output_nodes(fp32_onnx) if float_outputs else (),
+        precision_tag="qdq-tensorrt",
+    )
+
+
+def quantize_for_cpu(
+    fp32_onnx: str | os.PathLike,
+    out: str | os.PathLike,
+    ranges_json: str | os.PathLike,
+    method: str = "entropy",
+    *,
+    reduce_range: bool = False,
+    float_outputs: bool = True,
+) -> Path:
+    """The ONNX Runtime CPU model: U8 activations (asymmetric, ReLU folded into the range) x S8 per-channel
+    weights, the QDQ form ORT fuses into QLinearConv. ``reduce_range`` (7-bit weights) is for x86 CPUs
+    without VNNI, where 8-bit products can saturate (ORT's advice); keep it off with AVX512-VNNI/AVX-VNNI/AMX.
+    """
+    from onnxruntime.quantization import QuantType
+
+    return _quantize(
+        fp32_onnx, out, ranges_json, method,
+        activation_type=QuantType.QUInt8,
+        reduce_range=reduce_range,
+        extra_options={"WeightSymmetric": True},
+        nodes_to_exclude=output_nodes(fp32_onnx) if float_outputs else (),
+        precision_tag="cpu-u8s8",
+    )

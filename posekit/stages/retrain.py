@@ -1,0 +1,85 @@
+"""``python launch.py stage=retrain``: fine-tune the pruned graph (TAO's ``load_graph: True`` retrain).
+
+Loads ``<experiment>/prune/model.pruned-<pth>.pt`` (or ``retrain.model``) with ``load_model``, which rebuilds
+the pruned graph from its pruning history, and trains it with the same data, loss and optimizer recipe as the
+train stage. Differences, as TAO's retrain spec: L1 regularization off (``retrain.l1_kernel_reg``, default 0),
+its own epoch count (``retrain.max_epochs``) and a learning-rate scale (``retrain.lr_scale``).
+
+Writes ``<experiment>/retrain/pth-<pth>/``: checkpoints, ``model.pt`` (with the pruning history), logs and
+``summary.json``. Re-running resumes from its ``last.ckpt``; if the pruned model was re-made since, it
+starts over.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from omegaconf import DictConfig
+
+from posekit.errors import UserError
+from posekit.experiment import Experiment
+from posekit.model.io import load_model
+from posekit.stages.train import report, stage_metrics
+from posekit.train.fit import fit
+from posekit.train.module import PoseModule, plain
+
+log = logging.getLogger("posekit.train")
+
+MAIN_METRIC = "val/AP"
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    exp = Experiment(cfg)
+    source = exp.resolve(
+        cfg.retrain.model,
+        exp.pruned_model(),
+        "pruned model",
+        f"Run `python launch.py stage=prune prune.pth={cfg.prune.pth} experiment.name={cfg.experiment.name}` "
+        "first, or pass retrain.model=PATH.",
+    )
+    try:
+        net, info = load_model(source)
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise UserError(f"cannot load the pruned model {source}: {e}") from e
+    stage_dir = exp.retrain_dir()
+    stage_dir.mkdir(parents=True, exist_ok=True)
+
+    optim = plain(cfg.optim)
+    optim["l1_kernel_reg"] = float(cfg.retrain.l1_kernel_reg)
+    max_epochs = int(cfg.retrain.max_epochs if cfg.retrain.max_epochs is not None else cfg.trainer.max_epochs)
+    meta = {
+        **info["meta"],
+        "input_shape": [int(v) for v in cfg.model.input_shape],
+        "source": f"retrained-{exp.pth}",
+        "pruned_from": str(source),
+    }
+
+    def make_module() -> PoseModule:
+        return PoseModule(
+            info["arch"],
+            optim,
+            pruning_history=info["pruning_history"],
+            meta=meta,
+            channels_last=bool(cfg.train.channels_last),
+            compile=bool(cfg.train.compile),
+            lr_scale=float(cfg.retrain.lr_scale),
+            config=plain(cfg),
+            net=net,
+        )
+
+    result = fit(cfg, stage_dir, make_module, max_epochs=max_epochs, model_meta=meta, on_arch_change="restart")
+    if not result.is_global_zero:
+        return {}
+    metrics = stage_metrics(result)
+    exp.write_summary(
+        stage_dir,
+        "retrain",
+        artifacts={"model": result.model_path, "pruned_model": source, "last_ckpt": result.last_ckpt,
+                   "best_ckpt": result.best_ckpt, "logs": stage_dir},
+        metrics=metrics,
+        figures=result.figures,
+        resumed_from=str(result.resumed_from) if result.resumed_from else None,
+    )
+    report("retrain", result, metrics)
+    return metrics

@@ -1,0 +1,88 @@
+"""``python launch.py stage=train``: train BpNetLite from scratch on the configured data (docs/training.md).
+
+Writes ``<experiment>/train/``: ``checkpoints/{last,best}.ckpt``, ``model.pt`` (best weights, else last),
+``csv/``, ``tensorboard/`` and ``summary.json``. Re-running resumes from ``last.ckpt`` (``train.resume``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from omegaconf import DictConfig
+
+from posekit.experiment import Experiment
+from posekit.skeleton import Skeleton
+from posekit.train.fit import FitResult, fit
+from posekit.train.module import PoseModule, plain
+
+log = logging.getLogger("posekit.train")
+
+MAIN_METRIC = "val/AP"
+
+
+def arch_from_config(cfg: DictConfig, skeleton: Skeleton) -> dict[str, Any]:
+    """``BpNetLite.arch`` for ``cfg.model`` with the skeleton's output channel counts."""
+    return {
+        "stages": int(cfg.model.stages),
+        "num_heatmaps": skeleton.num_heatmaps,
+        "num_pafs": skeleton.num_pafs,
+        "width": float(cfg.model.width),
+    }
+
+
+def stage_metrics(result: FitResult) -> dict[str, Any]:
+    """The figures a train/retrain stage returns (``val/AP`` is the main metric; None when not computed)."""
+    f = result.figures
+    return {
+        "val/AP": f.get("best_val_AP"),
+        "train/loss": f.get("final_train_loss"),
+        "train/loss_first_epoch": f.get("first_epoch_train_loss"),
+        "train/images_per_s": f.get("images_per_s"),
+        "epochs": f.get("epochs"),
+        "global_step": f.get("global_step"),
+        "train_wall_s": f.get("train_wall_s"),
+    }
+
+
+def report(stage: str, result: FitResult, metrics: dict[str, Any]) -> None:
+    def fmt(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = [f"{stage}: {result.model_path} ({result.weights} weights, monitor {result.monitor})"]
+    lines += [f"  {k:<24} {fmt(v)}" for k, v in metrics.items()]
+    print("\n".join(lines), flush=True)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    exp = Experiment(cfg)
+    stage_dir = exp.dir("train")
+    skeleton = Skeleton.from_cfg(cfg.keypoints)
+    arch = arch_from_config(cfg, skeleton)
+    meta = {"skeleton": skeleton.name, "input_shape": [int(v) for v in cfg.model.input_shape], "source": "trained"}
+
+    def make_module() -> PoseModule:
+        return PoseModule(
+            arch,
+            plain(cfg.optim),
+            meta=meta,
+            channels_last=bool(cfg.train.channels_last),
+            compile=bool(cfg.train.compile),
+            config=plain(cfg),
+        )
+
+    result = fit(cfg, stage_dir, make_module, max_epochs=int(cfg.trainer.max_epochs), model_meta=meta)
+    if not result.is_global_zero:
+        return {}
+    metrics = stage_metrics(result)
+    exp.write_summary(
+        stage_dir,
+        "train",
+        artifacts={"model": result.model_path, "last_ckpt": result.last_ckpt, "best_ckpt": result.best_ckpt,
+                   "logs": stage_dir},
+        metrics=metrics,
+        figures=result.figures,
+        resumed_from=str(result.resumed_from) if result.resumed_from else None,
+    )
+    report("train", result, metrics)
+    return metrics

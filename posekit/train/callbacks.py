@@ -1,0 +1,190 @@
+"""Training callbacks: throughput (images/s), validation AP through the real evaluator, per-epoch history.
+
+Each keeps its figures in ``state_dict()`` (plain numbers only), so Lightning stores them in the checkpoint and a
+resumed run's summary still covers the epochs before the interruption.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from torch import nn
+
+log = logging.getLogger("posekit.train")
+
+# (network, device) -> AP; called on global rank 0 only.
+APEvaluator = Callable[[nn.Module, torch.device], float]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class ThroughputMeter(Callback):
+    """Training images per second over all ranks, logged as ``train/images_per_s`` (running, per step).
+
+    The clock starts when the first batch of an epoch ends, so data-loader start-up and the first (slow,
+    autotuning / compiling) step are excluded; the rate is images after that over the wall time after that.
+    """
+
+    def __init__(self) -> None:
+        self.epochs: list[float] = []  # final rate of each finished epoch
+        self._t0: float | None = None
+        self._images = 0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._t0, self._images = None, 0
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._t0 is None:
+            _sync(pl_module.device)
+            self._t0 = time.perf_counter()
+            return
+        self._images += int(batch["image"].shape[0]) * trainer.world_size
+        rate = self.rate
+        if rate is not None:
+            pl_module.log("train/images_per_s", rate, on_step=True, on_epoch=False, prog_bar=True)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        _sync(pl_module.device)
+        rate = self.rate
+        if rate is not None:
+            self.epochs.append(rate)
+
+    @property
+    def rate(self) -> float | None:
+        if self._t0 is None or self._images == 0:
+            return None
+        return self._images / max(time.perf_counter() - self._t0, 1e-9)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs": list(self.epochs)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epochs = [float(v) for v in state_dict.get("epochs", [])]
+
+
+class ValidationAP(Callback):
+    """COCO keypoint AP of the live network on the val images, logged as ``val/AP``.
+
+    Runs at the end of validation on epochs where ``(epoch + 1) % every_n_epochs == 0`` (never during the
+    sanity check). Only global rank 0 evaluates; the value is broadcast so every rank logs the same number and
+    ``ModelCheckpoint(monitor="val/AP")`` decides identically everywhere.
+    """
+
+    def __init__(self, evaluate: APEvaluator, every_n_epochs: int) -> None:
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        self.evaluate = evaluate
+        self.every_n_epochs = every_n_epochs
+        self.history: list[tuple[int, float]] = []  # (epoch, AP)
+
+    def due(self, epoch: int) -> bool:
+        return (epoch + 1) % self.every_n_epochs == 0
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not self.due(trainer.current_epoch):
+            return
+        ap = float("nan")
+        if trainer.is_global_zero:
+            t0 = time.perf_counter()
+            ap = float(self.evaluate(pl_module.net, pl_module.device))
+            log.info("epoch %d: val/AP %.4f (%.1f s)", trainer.current_epoch, ap, time.perf_counter() - t0)
+        ap = float(trainer.strategy.broadcast(ap, src=0))
+        self.history.append((int(trainer.current_epoch), ap))
+        pl_module.log("val/AP", ap, prog_bar=True, on_epoch=True, sync_dist=False)
+
+    @property
+    def best(self) -> float | None:
+        values = [ap for _, ap in self.history if not math.isnan(ap)]
+        return max(values) if values else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [[e, ap] for e, ap in self.history]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [(int(e), float(ap)) for e, ap in state_dict.get("history", [])]
+
+
+class EpochHistory(Callback):
+    """One record per finished epoch: train/val loss, val AP (when computed), images/s and wall time."""
+
+    def __init__(self, meter: ThroughputMeter | None = None, ap: ValidationAP | None = None) -> None:
+        self.meter = meter
+        self.ap = ap
+        self.records: list[dict[str, float | int | None]] = []
+        self.wall_s = 0.0  # training wall time summed over (resumed) runs
+        self._t0 = 0.0
+        self._validated = False
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+        self._validated = False
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated = True
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        elapsed = time.perf_counter() - self._t0
+        self.wall_s += elapsed
+        m = trainer.callback_metrics
+        epoch = int(trainer.current_epoch)
+
+        def value(key: str) -> float | None:
+            v = m.get(key)
+            return float(v) if v is not None else None
+
+        ap = None
+        if self.ap is not None and self.ap.history and self.ap.history[-1][0] == epoch:
+            ap = self.ap.history[-1][1]
+        rate = self.meter.epochs[-1] if self.meter is not None and self.meter.epochs else None
+        self.records.append(
+            {
+                "epoch": epoch,
+                "train_loss": value("train/loss_epoch"),
+                "val_loss": value("val/loss") if self._validated else None,
+                "val_AP": ap,
+                "images_per_s": rate,
+                "wall_s": elapsed,
+            }
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """Figures for summary.json: first/final epoch train loss, best val/AP, median images/s, epochs, time."""
+        losses = [r["train_loss"] for r in self.records if r["train_loss"] is not None]
+        rates = sorted(r["images_per_s"] for r in self.records if r["images_per_s"] is not None)
+        aps = [r["val_AP"] for r in self.records if r["val_AP"] is not None and not math.isnan(r["val_AP"])]
+        return {
+            "epochs": len(self.records),
+            "first_epoch_train_loss": losses[0] if losses else None,
+            "final_train_loss": losses[-1] if losses else None,
+            "best_val_AP": max(aps) if aps else None,
+            "final_val_AP": aps[-1] if aps else None,
+            "images_per_s": rates[len(rates) // 2] if rates else None,
+            "train_wall_s": self.wall_s,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"records": [dict(r) for r in self.records], "wall_s": self.wall_s}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        self.records = [dict(r) for r in state_dict.get("records", [])]
+        self.wall_s = float(state_dict.get("wall_s", 0.0))
+
+
+def snapshot(net: nn.Module) -> nn.Module:
+    """An independent fp32 eval-mode copy of ``net`` for evaluation (never mutates the training weights;
+    a ``net.compile()``-d module copies uncompiled)."""
+    return copy.deepcopy(net).float().eval()

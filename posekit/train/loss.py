@@ -1,0 +1,76 @@
+"""Training loss: TAO BodyPoseNet's masked L2 over every stage, plus optional L1 kernel regularization.
+
+TAO (``losses/bpnet_loss.py``, ``trainers/bpnet_trainer.py``)::
+
+    L = (1/B) * sum_s [ l2(M * (H_s - H)) + l2(M * (P_s - P)) ]  +  lambda * sum_conv |W|
+    l2(x) = 1/2 * sum(x^2)      (over batch, channels, rows, columns)
+
+We keep that scale (sum over cells and channels, one half, divided by the batch size) for both optimizer
+recipes: it is the scale TAO's SGD learning rate (2e-5) and its L1 factor (5e-4) were tuned for, and AdamW is
+invariant to a constant loss scale (its update divides the gradient by its own running RMS; only ``eps``
+notices), so the same loss serves AdamW unchanged. The loss of one image therefore grows with the output
+grid (h*w) -- compare runs at the same resolution, or use the per-cell mean that is also logged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+
+def masked_l2(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """TAO's ``l2(M * (pred - target))`` summed over everything, divided by the batch size.
+
+    Args:
+        pred, target: (B, C, h, w).
+        mask: (B, 1, h, w) in [0, 1]; 0 where unlabeled people or crowds make the target unreliable. It
+            multiplies the difference before squaring, as TAO does (so a soft mask value m weighs by m^2).
+    Returns:
+        scalar: ``0.5 * sum((mask * (pred - target))^2) / B`` in float32 (safe under bf16 autocast).
+    """
+    diff = (pred.float() - target.float()) * mask.float()
+    return 0.5 * diff.pow(2).sum() / pred.shape[0]
+
+
+def pose_loss(
+    heatmaps: Sequence[torch.Tensor],
+    pafs: Sequence[torch.Tensor],
+    target_heatmaps: torch.Tensor,
+    target_pafs: torch.Tensor,
+    mask: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Masked L2 summed over every stage's heatmaps and PAFs (intermediate supervision, as TAO/OpenPose).
+
+    Args:
+        heatmaps: per stage (B, J+1, h, w); pafs: per stage (B, 2L, h, w) -- ``BpNetLite``'s outputs.
+        target_heatmaps: (B, J+1, h, w); target_pafs: (B, 2L, h, w); mask: (B, 1, h, w).
+    Returns:
+        ``(total, parts)``: the scalar loss and its detached terms ``stage{k}/heat``, ``stage{k}/paf``
+        (k from 1) for logging.
+    """
+    if len(heatmaps) != len(pafs):
+        raise ValueError(f"got {len(heatmaps)} heatmap stages but {len(pafs)} PAF stages")
+    total = heatmaps[0].new_zeros((), dtype=torch.float32)
+    parts: dict[str, torch.Tensor] = {}
+    for k, (h, p) in enumerate(zip(heatmaps, pafs), start=1):
+        lh = masked_l2(h, target_heatmaps, mask)
+        lp = masked_l2(p, target_pafs, mask)
+        parts[f"stage{k}/heat"] = lh.detach()
+        parts[f"stage{k}/paf"] = lp.detach()
+        total = total + lh + lp
+    return total, parts
+
+
+def conv_kernels(net: nn.Module) -> list[torch.Tensor]:
+    """Every Conv2d kernel of ``net`` (TAO regularizes all of them, backbone and output convs alike)."""
+    return [m.weight for m in net.modules() if isinstance(m, nn.Conv2d)]
+
+
+def l1_penalty(kernels: Iterable[torch.Tensor]) -> torch.Tensor:
+    """``sum_k sum |W_k|`` over the given kernels (multiply by the factor yourself); biases and BN excluded."""
+    kernels = list(kernels)
+    if not kernels:
+        return torch.zeros(())
+    return torch.stack([w.abs().sum() for w in kernels]).sum()

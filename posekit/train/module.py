@@ -1,0 +1,137 @@
+"""The LightningModule shared by the train and retrain stages.
+
+It holds the network as ``self.net`` and saves only plain containers as hyperparameters (``arch``,
+``pruning_history``, ``meta``, ``optim``, ...), so its checkpoints load with ``torch.load(weights_only=True)``
+and ``posekit.model.load_model`` reads them directly (state-dict keys ``net.*``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from posekit.model.bpnet import BpNetLite, build_model
+from posekit.train.loss import conv_kernels, l1_penalty, pose_loss
+from posekit.train.optim import build_optimizer
+
+
+def plain(obj: Any) -> Any:
+    """OmegaConf nodes -> plain dicts/lists/str (what ``weights_only=True`` can unpickle); others as given."""
+    if isinstance(obj, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(obj, resolve=True, enum_to_str=True)
+    return obj
+
+
+def build_network(arch: Mapping[str, Any], pruning_history: Sequence | None = None) -> BpNetLite:
+    """A fresh (randomly initialized) network of ``arch``, pruned by ``pruning_history`` if given."""
+    net = build_model(arch)
+    if pruning_history:
+        from posekit.prune.history import apply_pruning_history
+
+        apply_pruning_history(net, pruning_history)
+    return net
+
+
+class PoseModule(pl.LightningModule):
+    """BpNetLite + TAO's loss + an optimizer recipe.
+
+    Args:
+        arch: ``BpNetLite.arch`` (stages, num_heatmaps, num_pafs, width).
+        optim: the ``optim`` config section as a plain dict (``posekit.config.OptimConfig``).
+        pruning_history: Torch-Pruning history of a pruned network (retrain), replayed on construction.
+        meta: free-form facts saved with the model (skeleton name, input shape, ...).
+        channels_last: run the network in NHWC memory format (faster convolutions on GPUs).
+        compile: ``self.net.compile()`` (in place, so state-dict keys stay ``net.*``).
+        lr_scale: multiplies ``optim.lr`` and ``optim.min_lr`` (retrain).
+        config: the resolved run config, stored for provenance only.
+        net: an already-built network (retrain passes the loaded pruned model); not a hyperparameter.
+
+    Batches are dicts: ``image`` (B, 3, H, W), ``heatmaps`` (B, J+1, h, w), ``pafs`` (B, 2L, h, w),
+    ``mask`` (B, 1, h, w).
+    """
+
+    def __init__(
+        self,
+        arch: Mapping[str, Any],
+        optim: Mapping[str, Any],
+        pruning_history: Sequence | None = None,
+        meta: Mapping[str, Any] | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        lr_scale: float = 1.0,
+        config: Mapping[str, Any] | None = None,
+        net: BpNetLite | None = None,
+    ):
+        super().__init__()
+        arch, optim, pruning_history, meta, config = map(plain, (arch, optim, pruning_history, meta, config))
+        self.save_hyperparameters(
+            {
+                "arch": dict(arch),
+                "optim": dict(optim),
+                "pruning_history": pruning_history,
+                "meta": dict(meta or {}),
+                "channels_last": bool(channels_last),
+                "compile": bool(compile),
+                "lr_scale": float(lr_scale),
+                "config": config,
+            }
+        )
+        self.net = net if net is not None else build_network(arch, pruning_history)
+        self.l1_factor = float(optim.get("l1_kernel_reg", 0.0))
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if compile:
+            self.net.compile()
+
+    # ------------------------------------------------------------------ forward / loss
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """x (B, 3, H, W) normalized -> per-stage heatmaps (B, J+1, h, w) and PAFs (B, 2L, h, w)."""
+        return self.net(x.contiguous(memory_format=self.memory_format))
+
+    def _loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        heats, pafs = self(batch["image"])
+        return pose_loss(heats, pafs, batch["heatmaps"], batch["pafs"], batch["mask"])
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, parts = self._loss(batch)
+        bs = batch["image"].shape[0]
+        objective = loss
+        if self.l1_factor > 0:
+            reg = self.l1_factor * l1_penalty(conv_kernels(self.net))
+            objective = loss + reg
+            self.log("train/l1", reg.detach(), on_step=True, on_epoch=True, batch_size=bs)
+        # train/loss is the data term (comparable with val/loss across recipes); the L1 term is logged apart.
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
+        self.log_dict({f"train/{k}": v for k, v in parts.items()}, on_step=True, on_epoch=True, batch_size=bs)
+        group = self.trainer.optimizers[0].param_groups[0]
+        self.log("train/lr", group["lr"] / group.get("lr_mult", 1.0), on_step=True, on_epoch=False, prog_bar=True)
+        return objective
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        loss, parts = self._loss(batch)
+        bs = batch["image"].shape[0]
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=bs)
+        last = len(parts) // 2
+        self.log_dict(
+            {f"val/stage{last}/{k}": parts[f"stage{last}/{k}"] for k in ("heat", "paf")},
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=bs,
+        )
+
+    # ------------------------------------------------------------------ optimizer
+    def configure_optimizers(self) -> dict[str, Any]:
+        total = self.trainer.estimated_stepping_batches
+        if not isinstance(total, int) or total <= 0:
+            # The schedules are fractions of the whole run, so the run must have a known length.
+            raise ValueError(
+                f"cannot build the learning-rate schedule: {total} optimizer steps. "
+                "Set trainer.max_epochs (>= 1) or trainer.max_steps."
+            )
+        opt, sched = build_optimizer(self.net, self.hparams["optim"], total, self.hparams["lr_scale"])
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}

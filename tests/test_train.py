@@ -1,0 +1,178 @@
+"""Training: TAO's loss, L1 regularization, stage-wise LR multipliers, schedules, and the train/retrain stages
+end to end through the CLI (train, resume, eval of the trained model, retrain of a pruned model)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from posekit.model.bpnet import BpNetLite
+from posekit.train.loss import conv_kernels, l1_penalty, masked_l2, pose_loss
+from posekit.train.optim import build_optimizer, cosine_factor, param_groups, softstart_annealing_factor
+
+from conftest import run_cli
+
+
+def _targets(b=2, j=5, l2=6, h=4, w=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    heat = torch.rand(b, j, h, w, generator=g)
+    paf = torch.rand(b, l2, h, w, generator=g) * 2 - 1
+    mask = torch.ones(b, 1, h, w)
+    return heat, paf, mask
+
+
+# --------------------------------------------------------------------------------------------- loss
+def test_loss_is_zero_for_perfect_predictions():
+    heat, paf, mask = _targets()
+    total, parts = pose_loss([heat.clone(), heat.clone()], [paf.clone(), paf.clone()], heat, paf, mask)
+    assert total.item() == 0.0
+    assert set(parts) == {"stage1/heat", "stage1/paf", "stage2/heat", "stage2/paf"}
+
+
+def test_loss_is_tao_half_sum_of_squares_over_batch_summed_over_stages():
+    heat, paf, mask = _targets(b=2)
+    h1, p1 = heat + 0.5, paf.clone()  # stage 1: every heatmap cell off by 0.5
+    h2, p2 = heat.clone(), paf - 0.25  # stage 2: every PAF cell off by 0.25
+    total, parts = pose_loss([h1, h2], [p1, p2], heat, paf, mask)
+    expect_1 = 0.5 * 0.5**2 * heat.numel() / 2
+    expect_2 = 0.5 * 0.25**2 * paf.numel() / 2
+    assert parts["stage1/heat"].item() == pytest.approx(expect_1)
+    assert parts["stage2/paf"].item() == pytest.approx(expect_2)
+    assert total.item() == pytest.approx(expect_1 + expect_2)
+
+
+def test_masked_cells_do_not_contribute():
+    heat, paf, mask = _targets()
+    mask[:, :, :2] = 0.0  # top rows unreliable (crowd / unannotated person)
+    pred = heat.clone()
+    pred[:, :, :2] += torch.randn_like(pred[:, :, :2]) * 10  # arbitrary errors under the mask
+    assert masked_l2(pred, heat, mask).item() == 0.0
+    pred[:, :, 2:] += 1.0  # errors where the mask is 1 count
+    assert masked_l2(pred, heat, mask).item() == pytest.approx(0.5 * heat[:, :, 2:].numel() / heat.shape[0])
+
+
+def test_soft_mask_multiplies_the_difference_before_squaring():
+    heat, _, mask = _targets(b=1)
+    loss_full = masked_l2(heat + 1, heat, mask)
+    assert masked_l2(heat + 1, heat, mask * 0.5).item() == pytest.approx(loss_full.item() * 0.25)
+
+
+def test_loss_gradient_flows_to_every_stage():
+    net = BpNetLite(stages=3, num_heatmaps=5, num_pafs=6, width=0.125)
+    heats, pafs = net(torch.randn(2, 3, 32, 48))
+    h, w = heats[0].shape[-2:]
+    total, _ = pose_loss(heats, pafs, torch.rand(2, 5, h, w), torch.rand(2, 6, h, w), torch.ones(2, 1, h, w))
+    total.backward()
+    for stage in net.stages:
+        assert stage.heat.out.weight.grad.abs().sum() > 0
+        assert stage.paf.out.weight.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------------------------- L1
+def test_l1_penalty_covers_every_conv_kernel_and_nothing_else():
+    net = BpNetLite(stages=2, num_heatmaps=5, num_pafs=6, width=0.125)
+    kernels = conv_kernels(net)
+    assert len(kernels) == sum(isinstance(m, nn.Conv2d) for m in net.modules())
+    expect = sum(m.weight.abs().sum().item() for m in net.modules() if isinstance(m, nn.Conv2d))
+    assert l1_penalty(kernels).item() == pytest.approx(expect, rel=1e-5)
+    with torch.no_grad():
+        for k in kernels:
+            k.zero_()
+        for m in net.modules():  # biases and BN parameters are not regularized (TAO: bias factor 0, BN none)
+            if isinstance(m, nn.Conv2d) and m.bias is not None:
+                m.bias.fill_(3.0)
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.fill_(2.0)
+    assert l1_penalty(conv_kernels(net)).item() == 0.0
+
+
+def test_l1_gradient_is_factor_times_sign():
+    conv = nn.Conv2d(2, 3, 3)
+    (0.1 * l1_penalty(conv_kernels(conv))).backward()
+    assert torch.allclose(conv.weight.grad, 0.1 * conv.weight.sign())
+    assert conv.bias.grad is None
+
+
+# --------------------------------------------------------------------------------------------- LR multipliers
+def _expected_mult(name: str) -> float:
+    """TAO's get_lr_multipiers by our module names (written out independently of posekit.train.optim)."""
+    is_bias = name.endswith(".bias")
+    if ".bn." in name:
+        return 1.0
+    if name.startswith("stages.0."):
+        return 2.0 if is_bias else 1.0
+    if name.startswith("stages."):
+        return 8.0 if is_bias else 4.0
+    return 2.0 if is_bias else 1.0  # backbone (no conv bias), channel_reduction
+
+
+def test_stagewise_lr_multipliers_follow_tao():
+    net = BpNetLite(stages=3, num_heatmaps=5, num_pafs=6, width=0.125)
+    groups = param_groups(net, lr=0.01, weight_decay=1e-4, stagewise_lr=True)
+    owner = {id(p): g for g in groups for p in g["params"]}
+    names = dict(net.named_parameters())
+    assert len(owner) == len(names) == sum(len(g["params"]) for g in groups)  # each parameter exactly once
+    seen = set()
+    for name, p in names.items():
+        g = owner[id(p)]
+        assert g["lr_mult"] == _expected_mult(name), name
+        assert g["lr"] == pytest.approx(0.01 * g["lr_mult"])
+        # weight decay on conv kernels only
+        is_kernel = name.endswith("weight") and ".bn." not in name
+        assert g["weight_decay"] == (1e-4 if is_kernel else 0.0), name
+        seen.add(g["lr_mult"])
+    assert seen == {1.0, 2.0, 4.0, 8.0}
+    # the final stage's output convs (TAO's paf_out / heatmap_out) are x4 / x8
+    assert owner[id(net.stages[-1].heat.out.weight)]["lr_mult"] == 4.0
+    assert owner[id(net.stages[-1].paf.out.bias)]["lr_mult"] == 8.0
+
+
+def test_without_stagewise_lr_every_multiplier_is_one():
+    net = BpNetLite(stages=3, num_heatmaps=5, num_pafs=6, width=0.125)
+    assert {g["lr_mult"] for g in param_groups(net, 0.01, 0.0, stagewise_lr=False)} == {1.0}
+
+
+def test_multipliers_hold_through_the_schedule():
+    net = BpNetLite(stages=2, num_heatmaps=5, num_pafs=6, width=0.125)
+    optim = {"name": "sgd", "lr": 2e-5, "min_lr": 8e-8, "momentum": 0.9, "weight_decay": 0.0,
+             "schedule": "softstart_annealing", "warmup": 0.05, "annealing": 0.5, "stagewise_lr": True}
+    opt, sched = build_optimizer(net, optim, total_steps=100)
+    factor = softstart_annealing_factor(100, 0.05, 0.5, 2e-5, 8e-8)
+    for step in range(30):
+        for g in opt.param_groups:
+            assert g["lr"] == pytest.approx(2e-5 * g["lr_mult"] * factor(step), rel=1e-6)
+        opt.step()
+        sched.step()
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9
+
+
+# --------------------------------------------------------------------------------------------- schedules
+def test_softstart_annealing_shape():
+    base, low, total = 2e-5, 8e-8, 1000
+    f = softstart_annealing_factor(total, soft_start=0.05, annealing=0.5, base_lr=base, min_lr=low)
+    lr = [base * f(s) for s in range(total + 1)]
+    assert lr[0] == pytest.approx(low)
+    assert lr[50] == pytest.approx(base) and lr[500] == pytest.approx(base)
+    assert lr[total] == pytest.approx(low)
+    assert all(a < b for a, b in zip(lr[:50], lr[1:51]))  # soft start: strictly rising
+    assert all(v == pytest.approx(base) for v in lr[50:501])  # plateau
+    assert all(a > b for a, b in zip(lr[501:], lr[502:]))  # annealing: strictly falling
+    # geometric (log-linear) ramps, as TAO's exp(ln(min) + t (ln(base) - ln(min)))
+    logs = [math.log(v) for v in lr]
+    assert logs[25] == pytest.approx((logs[0] + logs[50]) / 2)
+    assert logs[750] == pytest.approx((logs[500] + logs[1000]) / 2)
+
+
+def test_cosine_warmup_then_decay_to_min():
+    f = cosine_factor(total_steps=200, warmup=0.1, min_ratio=1e-3)
+    values = [f(s) for s in range(201)]
+    assert values[0] == pytest.approx(1 / 20) and values[19] == pytest.approx(1.0)
+    assert all(a <= b for a, b in zip(values[:20], values[1:20]))
+    assert all(a >= b for a, b in zip(values[20:], values[21:]))
+    assert values[200] == pytest.approx(1e-3)
+    assert values[110] == pytest.approx(1e-3 + (1 - 1e-3) * 0.5, rel=1e-6)  # half-way through the decay
