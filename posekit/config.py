@@ -154,12 +154,15 @@ class CalibrationConfig:
     min_keypoints: int = 5
     seed: int = 42
     images: Optional[str] = None  # a folder or a list file of calibration images; default: sampled from train
+    num_bins: int = 2048  # entropy/percentile histogram bins (ORT's entropy default 128 degenerates to min-max)
+    num_quantized_bins: int = 128  # entropy: bins of the quantized distribution in the KL search
 
 
 @dataclass
 class PrecisionConfig:
     name: Precision = Precision.fp32
     keep_io_fp32: bool = True  # fp16: keep FP32 inputs/outputs so callers need not cast
+    int8_float_outputs: bool = True  # int8: keep the final heatmap/PAF convs in float (INT8 would clip the peaks)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
 
@@ -253,7 +256,7 @@ class RuntimeConfig:
 @dataclass
 class ExportConfig:
     model: Optional[str] = None  # default: latest of retrain > prune > train in the experiment
-    opset: int = 17
+    opset: int = 18  # torch's exporter emits 18; 17 works through ONNX's version converter
     data_format: str = "channels_first"  # channels_first | channels_last (NHWC input like TAO's input_1:0)
     dynamic_batch: bool = False
     input_name: str = "input"
@@ -263,7 +266,12 @@ class ExportConfig:
     paf_upsample: int = 4  # deploy: PAF upsampling folded into the graph (TAO)
     peak_map: bool = True  # deploy: add a max-pool peak map output
     cpu_int8: bool = True  # int8: also write the ONNX Runtime-tuned (U8S8) CPU model
+    cpu_reduce_range: bool = False  # int8 CPU model: 7-bit weights, only for x86 CPUs without VNNI
     workspace_gb: float = 2.0
+    parity_images: int = 4  # val images for the real-input parity check (plus one random batch)
+    max_batch: int = 64  # dynamic_batch engines: the optimization profile's largest batch
+    trt_int8_source: str = "qdq"  # TensorRT 10 INT8 engine from: qdq (explicit Q/DQ) | cache (FP32 + cal.bin, TAO)
+    trt_version: Optional[str] = None  # cal.bin header version; default: installed TensorRT 10, else 10.9.0
 
 
 # --------------------------------------------------------------------------------------------- eval/infer/bench

@@ -20,7 +20,7 @@ from posekit.prune import (
     prunable_layer_names,
     prune_model,
 )
-from conftest import run_cli
+from tests.conftest import run_cli
 
 HW = (64, 64)
 

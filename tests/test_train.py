@@ -15,7 +15,7 @@ from posekit.model.bpnet import BpNetLite
 from posekit.train.loss import conv_kernels, l1_penalty, masked_l2, pose_loss
 from posekit.train.optim import build_optimizer, cosine_factor, param_groups, softstart_annealing_factor
 
-from conftest import run_cli
+from tests.conftest import run_cli
 
 
 def _targets(b=2, j=5, l2=6, h=4, w=6, seed=0):

@@ -79,8 +79,10 @@ def sample_calibration_images(
     return [(root / files[i]).resolve() for i in ids[:num_images]]
 
 
-def write_image_list(path: str | os.PathLike, images: Sequence[str | os.PathLike]) -> Path:
-    return io.write_text(path, "".join(f"{Path(p)}\n" for p in images))
+def write_image_list(path: str | os.PathLike, images: Sequence[str | os.PathLike], header: str | None = None) -> Path:
+    """One path per line; ``header`` (a ``#`` comment line) records how the list was made."""
+    lines = ([header] if header else []) + [str(Path(p)) for p in images]
+    return io.write_text(path, "\n".join(lines) + "\n")
 
 
 def read_image_list(source: str | os.PathLike, num_images: int | None = None, seed: int = 42) -> list[Path]:
@@ -207,7 +209,8 @@ class CalibrationReader(CalibrationDataReader):
         self.rewind()
 
     def _batches(self):
-        for i in range(self.start, self.end, self.batch_size):
+        starts = range(self.start, self.end, self.batch_size)
+        for i in tqdm(starts, desc="calibration", unit="batch", leave=False, disable=len(starts) < 2):
             yield {self.input_name: np.ascontiguousarray(self.data[i : min(i + self.batch_size, self.end)])}
 
     def get_next(self) -> dict[str, np.ndarray] | None:

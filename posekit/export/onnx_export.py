@@ -22,6 +22,7 @@ import contextlib
 import io as _io
 import logging
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -174,11 +175,24 @@ def _module_scopes(raw: str | None) -> list[str]:
     return scopes[:-1] if len(scopes) > 1 else scopes
 
 
+_CHATTY_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "torch.export", "torch._dynamo", "torch._export")
+
+
 @contextlib.contextmanager
 def _quiet():
-    """The torch.export-based exporter prints progress lines to stdout; keep the stage's output readable."""
-    with contextlib.redirect_stdout(_io.StringIO()):
-        yield
+    """The torch.export-based exporter prints progress lines to stdout and logs every optimizer pass at INFO
+    (which Hydra's logging shows); keep the stage's output readable. Warnings and errors still show."""
+    loggers = [logging.getLogger(name) for name in _CHATTY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(_io.StringIO()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)  # torch-internal
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 # ------------------------------------------------------------------------------------------------ parity

@@ -23,6 +23,8 @@ one candidate threshold (the full range: entropy degenerates to min-max). poseki
 
 from __future__ import annotations
 
+import contextlib
+import io as _io
 import logging
 import os
 import tempfile
@@ -38,6 +40,26 @@ from posekit.errors import UserError
 log = logging.getLogger(__name__)
 
 METHODS = ("entropy", "minmax", "percentile")
+
+
+class _DropPreprocessAdvice(logging.Filter):
+    """ORT advises ``quant_pre_process`` on every call; posekit skips it on purpose: its graph optimizer renames
+    and fuses tensors, and the TensorRT cache must use the FP32 ONNX's names (BN is already folded)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_ort():
+    """ORT's calibrators ``print`` progress lines and its quantizer logs the advice above to the root logger."""
+    root, flt = logging.getLogger(), _DropPreprocessAdvice()
+    root.addFilter(flt)
+    try:
+        with contextlib.redirect_stdout(_io.StringIO()):
+            yield
+    finally:
+        root.removeFilter(flt)
 
 
 def _method(name: str):
@@ -74,7 +96,7 @@ def calibrate(
         options["num_quantized_bins"] = int(num_quantized_bins)
     if method == "percentile":
         options["percentile"] = float(percentile)
-    with tempfile.TemporaryDirectory(prefix="posekit-calib-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="posekit-calib-") as tmp, _quiet_ort():
         calibrator = create_calibrator(
             Path(fp32_onnx),
             op_types_to_calibrate=None,  # every float tensor, the graph input included
@@ -83,6 +105,7 @@ def calibrate(
             extra_options=options,
         )
         calibrator.collect_data(reader)
+        log.info("calibration: computing %s ranges (the entropy search takes a while on big models)", method)
         ranges = calibrator.compute_data()
         del calibrator  # its session holds the augmented model open inside ``tmp``
     return _in_graph_order(ranges, fp32_onnx)
@@ -136,7 +159,7 @@ def _quantize(
 
     from posekit.export.onnx_export import set_metadata
 
-    with io.atomic_path(out) as tmp:
+    with io.atomic_path(out) as tmp, _quiet_ort():
         quantize_static(
             str(fp32_onnx),
             str(tmp),

@@ -243,7 +243,8 @@ def plan_pruning(model: nn.Module, settings: PruneSettings, graph: Any = None) -
         decisions.append(
             GroupDecision(names[root], tuple(members), layer_stats, merged, retained_indices(merged, settings))
         )
-    return decisions
+    order = {n: i for i, n in enumerate(names.values())}  # Torch-Pruning yields groups in graph order
+    return sorted(decisions, key=lambda d: order[d.root])
 
 
 def _notes(model: nn.Module, settings: PruneSettings, decisions: Sequence[GroupDecision]) -> dict[str, str]:

@@ -12,8 +12,10 @@ Writes to ``infer.output`` (default ``<experiment>/infer/<input name>/``):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,50 +115,47 @@ def _run_images(predictor, files: list[Path], writer: _Writer) -> list[str]:
     return skipped
 
 
+def _frame_batches(cap: cv2.VideoCapture, n: int) -> Iterator[list[np.ndarray]]:
+    """RGB frames of an open capture, ``n`` at a time."""
+    while True:
+        batch = []
+        while len(batch) < n:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            batch.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        if batch:
+            yield batch
+        if len(batch) < n:
+            return
+
+
 def _run_video(predictor, src: Path, writer: _Writer) -> list[str]:
     cap = cv2.VideoCapture(str(src))
     if not cap.isOpened():
         raise UserError(f"cannot open video {src}: missing codec or not a video")
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    video = None
-    frame_id = 0
-    try:
-        with io.atomic_path(writer.out / f"{src.stem}.mp4") as tmp, \
-                tqdm(total=total, desc="infer", unit="frame", dynamic_ncols=True) as bar:
-            while True:
-                frames = []
-                while len(frames) < predictor.chunk:
-                    ok, bgr = cap.read()
-                    if not ok:
-                        break
-                    frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-                if not frames:
-                    break
-                for rgb, people in zip(frames, predictor.predict_many(frames)):
-                    overlay = writer.add(frame_id, rgb, people, frame=frame_id)
-                    if overlay is not None:
-                        if video is None:
-                            h, w = overlay.shape[:2]
-                            video = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-                            if not video.isOpened():
-                                raise UserError("cannot write an mp4v video with this OpenCV build; use infer.draw=false")
-                        video.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
-                    frame_id += 1
-                bar.update(len(frames))
-            if video is not None:
-                video.release()
-                video = None
-            if frame_id == 0:
-                raise UserError(f"video {src} has no readable frames")
-            if not writer.draw:
-                tmp.write_bytes(b"")  # atomic_path needs a file; removed below
-    finally:
-        cap.release()
-        if video is not None:
-            video.release()
-    if not writer.draw:
-        (writer.out / f"{src.stem}.mp4").unlink(missing_ok=True)
+    frame_id, video = 0, None
+    with contextlib.ExitStack() as stack:  # unwinds last-in first-out: the video is closed before its rename
+        stack.callback(cap.release)
+        tmp = stack.enter_context(io.atomic_path(writer.out / f"{src.stem}.mp4")) if writer.draw else None
+        bar = stack.enter_context(tqdm(total=int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None, desc="infer",
+                                       unit="frame", dynamic_ncols=True))
+        for frames in _frame_batches(cap, predictor.chunk):
+            for rgb, people in zip(frames, predictor.predict_many(frames)):
+                overlay = writer.add(frame_id, rgb, people, frame=frame_id)
+                if overlay is not None:
+                    if video is None:
+                        h, w = overlay.shape[:2]
+                        video = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+                        stack.callback(video.release)
+                        if not video.isOpened():
+                            raise UserError("this OpenCV build cannot write mp4v videos; use infer.draw=false")
+                    video.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+                frame_id += 1
+            bar.update(len(frames))
+        if frame_id == 0:
+            raise UserError(f"video {src} has no readable frames")
     return []
 
 

@@ -195,8 +195,9 @@ def hydra_runtime() -> dict[str, Any] | None:
 # --------------------------------------------------------------------------------------------- steps
 @dataclass
 class Step:
-    """One stage call. ``outputs(result)`` names the files the step produced; a recorded step whose files are gone
-    is not done."""
+    """One stage call. ``enrich(result)`` adds what the stage wrote but did not return (read from its files) before
+    the result is recorded; ``outputs(result)`` names the files the step produced: a recorded step whose files are
+    gone is not done."""
 
     id: str
     stage: str
@@ -205,6 +206,7 @@ class Step:
     fingerprint: str
     outputs: Callable[[dict], Iterable[str | os.PathLike]] = lambda result: ()
     title: str = ""
+    enrich: Callable[[dict], dict] | None = None
 
     def __post_init__(self) -> None:
         self.id = re.sub(r"[^A-Za-z0-9._-]+", "_", self.id)
@@ -268,12 +270,7 @@ def is_done(record: dict | None, fp: str) -> bool:
 
 
 def _whoami() -> dict[str, Any]:
-    return {
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        "since": _now(),
-    }
+    return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
 
 
 def _now() -> str:
@@ -306,7 +303,7 @@ def step_lock(path: Path, what: str) -> Iterator[None]:
         log.info("%s: waiting for the job that is running it (%s)", what, holder)
         lock.acquire()
     try:
-        io.write_json(owner, _whoami())
+        io.write_json(owner, {**_whoami(), "since": _now()})
         yield
     finally:
         owner.unlink(missing_ok=True)
@@ -359,6 +356,8 @@ class StepRunner:
         t0 = time.perf_counter()
         try:
             result = self.stage_runner(step.stage, cfg) or {}
+            if step.enrich is not None:
+                result = step.enrich(dict(result))
             artifacts = [str(Path(p)) for p in step.outputs(result)]
             missing = [p for p in artifacts if not Path(p).exists()]
             if missing:

@@ -16,7 +16,6 @@ Checkpoints (``<stage dir>/checkpoints``):
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -169,8 +168,8 @@ def coco_ap_evaluator(cfg: DictConfig, datamodule: Any, precision: str) -> Calla
             max_dets=int(cfg.eval.max_dets),
             progress=False,
         )
-        ap = metrics.get("AP")
-        return float(ap) if ap is not None and not math.isnan(float(ap)) else 0.0
+        ap = float(metrics.get("AP", -1.0))
+        return ap if ap >= 0 else 0.0  # COCO's -1 (undefined: no ground truth) counts as nothing found
 
     return evaluate_ap
 

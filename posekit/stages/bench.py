@@ -1,0 +1,232 @@
+"""``stage=bench``: latency and throughput of artifacts, network-only and end-to-end, like trtexec's summary.
+
+    python launch.py stage=bench                                   # the experiment's exported models
+    python launch.py stage=bench bench.artifacts=[a.onnx,b.onnx] bench.batch_sizes=[1,8] runtime.ort_threads=2
+
+For each artifact x batch size:
+  * **network**: ``warmup`` calls, then ``iters`` timed calls of the backend on a fixed normalized batch
+    (host array in, host arrays out: trtexec's "Latency"). On a CUDA torch/TensorRT backend the input already
+    lives on the GPU and CUDA events time the device work (trtexec's "GPU Compute Time").
+  * **end-to-end**: the :class:`~posekit.runtime.Predictor` on ``batch`` real images (preprocess + network +
+    decode, original-image coordinates), same warm-up and iteration counts.
+Reported per row: median and p90 latency (ms per call), throughput (images/s at the median).
+
+Writes ``<experiment>/bench/{bench.json, bench.md, summary.json}`` and prints the table. Timings depend on
+what else runs on the machine: benchmark on an otherwise idle one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from posekit import io
+from posekit.errors import UserError
+from posekit.experiment import Experiment
+
+log = logging.getLogger("posekit.bench")
+
+MAIN_METRIC = "latency_ms"  # median network latency of the first artifact at the first batch size
+
+ARTIFACT_PATTERNS = ("model.*.onnx", "model.*.engine")
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def default_artifacts(exp: Experiment) -> list[Path]:
+    """The experiment's exported models (deployable ONNX excluded: it is DeepStream's), else its latest model."""
+    found = sorted(
+        p for pattern in ARTIFACT_PATTERNS for p in exp.root.glob(f"export/*/{pattern}") if ".deploy." not in p.name
+    )
+    if found:
+        return found
+    path, _ = exp.latest_model()
+    return [path]
+
+
+def bench_images(cfg: DictConfig, count: int) -> list[np.ndarray]:
+    """``count`` RGB images for end-to-end timing (repeated if fewer exist): ``bench.images`` or the val set."""
+    from posekit.data.images import CorruptImageError, read_image_rgb
+    from posekit.export.calibration import read_image_list
+
+    if cfg.bench.images:
+        paths = read_image_list(cfg.bench.images)
+    else:
+        from posekit.data.paths import resolve_data
+
+        data = resolve_data(cfg)
+        entries = sorted(json.loads(Path(data.val_ann).read_text())["images"], key=lambda im: im["id"])
+        paths = [Path(data.val_images) / im["file_name"] for im in entries]
+    images = []
+    for p in paths:
+        try:
+            images.append(read_image_rgb(p))
+        except CorruptImageError as e:
+            log.warning("bench: skipping %s", e)
+        if len(images) == count:
+            break
+    if not images:
+        raise UserError("bench: no readable image for end-to-end timing; set bench.images=PATH or bench.end_to_end=false")
+    return [images[i % len(images)] for i in range(count)]
+
+
+# ------------------------------------------------------------------------------------------------ timing
+def summarize(samples_ms: list[float], batch: int) -> dict[str, float]:
+    """Median / p90 / mean latency (ms per call) and throughput (images/s at the median)."""
+    arr = np.asarray(samples_ms, dtype=np.float64)
+    median = float(np.median(arr))
+    return {
+        "median_ms": round(median, 3),
+        "p90_ms": round(float(np.percentile(arr, 90)), 3),
+        "mean_ms": round(float(arr.mean()), 3),
+        "min_ms": round(float(arr.min()), 3),
+        "throughput_ips": round(batch * 1e3 / median, 2) if median > 0 else float("inf"),
+        "iters": len(samples_ms),
+    }
+
+
+def time_calls(fn: Callable[[], Any], warmup: int, iters: int, cuda_events: bool = False) -> list[float]:
+    """Milliseconds per call of ``fn`` after ``warmup`` untimed calls; CUDA events time GPU work when asked."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    if cuda_events:
+        import torch
+
+        for _ in range(iters):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end))
+        return samples
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t) * 1e3)
+    return samples
+
+
+def _on_cuda(backend: Any) -> bool:
+    return str(getattr(backend, "device", "cpu")).startswith("cuda") and backend.name in ("torch", "tensorrt")
+
+
+def bench_artifact(cfg: DictConfig, path: Path, skeleton: Any, images: list[np.ndarray] | None) -> list[dict]:
+    """All batch sizes of one artifact; one row per batch size."""
+    from posekit.runtime import Predictor, load_backend
+
+    backend = load_backend(path, cfg.runtime)
+    hw = tuple(backend.input_hw or (int(v) for v in cfg.model.input_shape))
+    cuda = _on_cuda(backend)
+    rows = []
+    for bs in (int(b) for b in cfg.bench.batch_sizes):
+        batch = np.random.default_rng(0).uniform(-0.5, 0.5, size=(bs, 3, *hw)).astype(np.float32)
+        row: dict[str, Any] = {
+            "artifact": str(path), "name": path.name, "backend": backend.name,
+            "precision": backend.meta.get("precision", "fp32"), "device": str(getattr(backend, "device", "cpu")),
+            "input_hw": list(hw), "batch": bs, "static_batch": getattr(backend, "batch", None),
+        }
+        if cuda:
+            import torch
+
+            x = torch.from_numpy(batch).to(backend.device)
+            row["network_timer"] = "cuda-events (device input)"
+            row["network"] = summarize(time_calls(lambda: backend.run(x), cfg.bench.warmup, cfg.bench.iters, True), bs)
+        else:
+            row["network_timer"] = "wall (host in/out)"
+            row["network"] = summarize(time_calls(lambda: backend(batch), cfg.bench.warmup, cfg.bench.iters), bs)
+        if images is not None:
+            runtime = OmegaConf.merge(cfg.runtime, {"batch_size": bs, "mode": "strict", "scales": [1.0]})
+            predictor = Predictor(backend, skeleton, cfg.codec, runtime, hw)
+            frames = images[:bs]
+            parts: dict[str, list[float]] = {"preprocess_ms": [], "network_ms": [], "decode_ms": []}
+
+            def e2e() -> None:
+                predictor.predict_many(frames)
+                for k in parts:
+                    parts[k].append(predictor.last_timings[k])
+
+            samples = time_calls(e2e, cfg.bench.warmup, cfg.bench.iters)
+            row["end_to_end"] = summarize(samples, bs)
+            row["end_to_end"]["breakdown_median_ms"] = {
+                k: round(statistics.median(v[-cfg.bench.iters:]), 3) for k, v in parts.items()
+            }
+        rows.append(row)
+        log.info("bench %s batch %d: network %.2f ms", path.name, bs, row["network"]["median_ms"])
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ report
+def format_table(rows: list[dict]) -> str:
+    """Markdown table, one line per artifact x batch size."""
+    head = ("| artifact | backend | precision | device | input | batch | net median ms | net p90 ms | net img/s "
+            "| e2e median ms | e2e p90 ms | e2e img/s |")
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        n, e = r["network"], r.get("end_to_end")
+        e2e = (f"{e['median_ms']:.2f} | {e['p90_ms']:.2f} | {e['throughput_ips']:.1f}" if e else "- | - | -")
+        lines.append(
+            f"| {r['name']} | {r['backend']} | {r['precision']} | {r['device']} | {r['input_hw'][0]}x{r['input_hw'][1]}"
+            f" | {r['batch']} | {n['median_ms']:.2f} | {n['p90_ms']:.2f} | {n['throughput_ips']:.1f} | {e2e} |"
+        )
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                            "cpu_count": os.cpu_count()}
+    try:
+        import onnxruntime as ort
+        import torch
+
+        info.update(torch=torch.__version__, onnxruntime=ort.__version__, cuda=torch.cuda.is_available())
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    from posekit.skeleton import Skeleton
+
+    exp = Experiment(cfg)
+    artifacts = [Path(os.path.expanduser(str(a))).resolve() for a in cfg.bench.artifacts] or default_artifacts(exp)
+    skeleton = Skeleton.from_cfg(OmegaConf.to_container(cfg.keypoints, resolve=True))
+    images = bench_images(cfg, max(int(b) for b in cfg.bench.batch_sizes)) if cfg.bench.end_to_end else None
+    rows, skipped = [], {}
+    for path in artifacts:
+        try:
+            rows.extend(bench_artifact(cfg, path, skeleton, images))
+        except UserError as e:  # e.g. an engine on a machine without TensorRT: the other artifacts still run
+            if len(artifacts) == 1:
+                raise
+            log.warning("bench: skipping %s: %s", path.name, e)
+            skipped[str(path)] = str(e)
+    if not rows:
+        raise UserError(f"bench: none of the artifacts could run: {skipped}")
+    out = exp.dir("bench")
+    table = format_table(rows)
+    host = machine()
+    io.write_json(out / "bench.json", {"machine": host, "warmup": cfg.bench.warmup, "iters": cfg.bench.iters,
+                                       "rows": rows, "skipped": skipped})
+    io.write_text(out / "bench.md", f"Machine: {host['processor']}, {host['cpu_count']} CPUs"
+                  f"{', GPU ' + host['gpu'] if host.get('gpu') else ''}; ORT threads: "
+                  f"{cfg.runtime.ort_threads or 'default'}; {cfg.bench.warmup} warm-up + {cfg.bench.iters} timed "
+                  f"calls.\n\n{table}\n")
+    metrics = {"latency_ms": rows[0]["network"]["median_ms"], "throughput_ips": rows[0]["network"]["throughput_ips"],
+               "rows": len(rows)}
+    exp.write_summary(out, "bench", artifacts={"bench_json": out / "bench.json", "bench_md": out / "bench.md"},
+                      metrics=metrics, machine=host, skipped=skipped)
+    print(table, flush=True)
+    return metrics
