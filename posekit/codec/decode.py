@@ -3,10 +3,11 @@ same coordinates (output cell i is centred at input pixel ``stride*i + (stride-1
 
 Shapes for one image: J joints, L limbs, output grid (h, w), K peaks, C accepted limb connections.
 
-1. **Peaks** (torch, so on a GPU only the peaks leave the device): optional bicubic upsampling of the J joint
-   heatmaps, optional Gaussian smoothing, ``nms_window`` max-pool NMS with a deterministic tie-break on
-   plateaus, threshold, and sub-pixel refinement by a parabola through the *log* of the 3-point neighbourhood
-   on each axis (exact for a Gaussian peak, which is what the encoder draws).
+1. **Peaks** (OpenCV for host arrays; torch for device tensors, so on a GPU only the peaks and their 3x3
+   neighbourhoods leave the device): optional bicubic upsampling of the J joint heatmaps, optional Gaussian
+   smoothing, ``nms_window`` max-pool NMS, threshold, one peak per plateau, and sub-pixel refinement by a
+   parabola through the *log* of the 3-point neighbourhood on each axis (exact for a Gaussian peak, which is
+   what the encoder draws; also on the map border, with the curvature of the other axis).
 2. **Limbs** (numba): every (start, end) candidate pair of every limb is scored by the PAF line integral
    (``paf_samples`` bilinear samples on the stride-s PAF maps: no PAF upsampling is needed), filtered by
    ``paf_min_score`` / ``paf_min_ratio``, then matched one-to-one greedily by score.
@@ -27,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numba
 import numpy as np
 import torch
@@ -109,7 +111,6 @@ class Decoder:
         self.limbs = np.asarray(skeleton.limbs, dtype=np.int64).reshape(-1, 2)
         self.can_start = np.ones(skeleton.num_limbs, dtype=np.bool_)
         self.can_start[list(skeleton.no_new_person_limbs)] = False
-        self._kernels: dict[tuple[str, str], torch.Tensor] = {}
 
     # ------------------------------------------------------------------ entry point
     def __call__(self, heatmaps: ArrayLike, pafs: ArrayLike) -> People:
@@ -138,57 +139,87 @@ class Decoder:
     def find_peaks(self, heatmaps: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Joint peaks of (J+1, h, w) heatmaps (background ignored).
 
+        Device tensors are searched with torch on their device (only the peaks and their 3x3 neighbourhoods
+        cross to the host); host arrays with OpenCV, an order of magnitude faster than torch on one CPU core.
+        Both paths compute the same thing.
+
         Returns joint (K,) int64 sorted ascending (within a joint by decreasing score, at most ``max_peaks``),
         xy (K, 2) float32 network-input pixels, score (K,) float32 heatmap values at the peaks.
         """
-        heat = torch.as_tensor(heatmaps)[: self.skeleton.num_joints].float()[None]  # (1, J, h, w)
-        u = self.upsample
-        if u > 1:
-            heat = F.interpolate(heat, scale_factor=u, mode="bicubic", align_corners=False)
-        smooth = self._smooth(heat) if self.smooth_sigma > 0 else heat
-        k, pad = self.nms_window, self.nms_window // 2
-        peak = (smooth == F.max_pool2d(smooth, k, stride=1, padding=pad)) & (heat > self.peak_threshold)
-        # Plateaus (equal neighbours: a joint midway between two cells, or quantized FP16/INT8 outputs) give
-        # several maxima per window; keep the first in raster order so each peak is reported once.
-        H, W = heat.shape[-2:]
-        raster = -torch.arange(H * W, device=heat.device, dtype=torch.float32).view(1, 1, H, W)
-        rank = torch.where(peak, raster, torch.full_like(raster, -math.inf))
-        peak &= F.max_pool2d(rank, k, stride=1, padding=pad) == rank
-        j, py, px = peak[0].nonzero(as_tuple=True)
-        score = heat[0, j, py, px]
-        fx, fy = px.float(), py.float()
+        J = self.skeleton.num_joints
+        if isinstance(heatmaps, torch.Tensor) and heatmaps.device.type != "cpu":
+            joint, py, px, score, nb, hw = self._peaks_torch(heatmaps[:J].float())
+        else:
+            heat = heatmaps.detach().numpy() if isinstance(heatmaps, torch.Tensor) else np.asarray(heatmaps)
+            joint, py, px, score, nb, hw = self._peaks_cv2(heat[:J].astype(np.float32, copy=False))
+        keep = _first_of_plateaus(joint, py, px, nb[:, 0], self.nms_window // 2, hw[1])
+        joint, py, px, score, nb = joint[keep], py[keep], px[keep], score[keep], nb[keep]
+        fx, fy = px.astype(np.float32), py.astype(np.float32)
         if self.subpixel:
-            fx = fx + _log_parabola_offset(smooth[0], j, py, px, axis=2)
-            fy = fy + _log_parabola_offset(smooth[0], j, py, px, axis=1)
-        # peak-map pixel -> stride-s grid index (bicubic with align_corners=False keeps pixel centres) -> input px
-        gx, gy = (fx + 0.5) / u - 0.5, (fy + 0.5) / u - 0.5
-        c = (self.stride - 1) / 2.0
-        xy = torch.stack([gx * self.stride + c, gy * self.stride + c], dim=1)
-        joint = j.cpu().numpy().astype(np.int64)
-        xy_np = xy.cpu().numpy().astype(np.float32)
-        score_np = score.cpu().numpy().astype(np.float32)
-        order = np.lexsort((-score_np, joint))
-        joint, xy_np, score_np = joint[order], xy_np[order], score_np[order]
+            dx, dy = _subpixel_offsets(nb, py, px, hw)
+            fx, fy = fx + dx, fy + dy
+        # peak-map pixel -> stride-s grid index (cubic upsampling keeps pixel centres aligned) -> input pixel
+        u, c = self.upsample, (self.stride - 1) / 2.0
+        xy = np.stack([((fx + 0.5) / u - 0.5) * self.stride + c, ((fy + 0.5) / u - 0.5) * self.stride + c], axis=1)
+        order = np.lexsort((-score, joint))
+        joint, xy, score = joint[order], xy[order], score[order]
         first = np.searchsorted(joint, joint, side="left")  # index of each joint's best peak
         keep = np.arange(joint.size) - first < self.max_peaks
-        return joint[keep], np.ascontiguousarray(xy_np[keep]), score_np[keep]
+        return joint[keep], np.ascontiguousarray(xy[keep], dtype=np.float32), score[keep].astype(np.float32)
 
-    def _smooth(self, heat: torch.Tensor) -> torch.Tensor:
-        """Separable Gaussian; ``smooth_sigma`` is in input pixels (TAO's sigma 3 on its x8 map = 3 px)."""
+    def _gaussian_kernel(self) -> np.ndarray:
+        """1-D smoothing kernel; ``smooth_sigma`` is in input pixels (TAO's sigma 3 on its x8 map = 3 px)."""
         sigma = self.smooth_sigma * self.upsample / self.stride  # in peak-map pixels
-        key = (str(heat.device), f"{sigma:.6f}")
-        if key not in self._kernels:
-            r = max(1, math.ceil(2.5 * sigma))
-            t = torch.arange(-r, r + 1, dtype=torch.float32, device=heat.device)
-            g = torch.exp(-(t**2) / (2 * sigma**2))
-            self._kernels[key] = g / g.sum()
-        g = self._kernels[key]
-        C, r = heat.shape[1], g.numel() // 2
-        # replicate padding: zero padding would pull down (and shift inwards) peaks on the border
-        x = F.pad(heat, (r, r, 0, 0), mode="replicate")
-        x = F.conv2d(x, g.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
-        x = F.pad(x, (0, 0, r, r), mode="replicate")
-        return F.conv2d(x, g.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
+        t = np.arange(-max(1, math.ceil(2.5 * sigma)), max(1, math.ceil(2.5 * sigma)) + 1, dtype=np.float64)
+        g = np.exp(-(t**2) / (2 * sigma**2))
+        return (g / g.sum()).astype(np.float32)
+
+    def _peaks_cv2(self, heat: np.ndarray) -> tuple:
+        """OpenCV path on a host (J, h, w) array, in (H, W, J) layout (OpenCV filters channels independently)."""
+        x = np.ascontiguousarray(heat.transpose(1, 2, 0))  # single-channel results come back 2-D: reshaped
+        u = self.upsample
+        if u > 1:
+            x = cv2.resize(x, None, fx=u, fy=u, interpolation=cv2.INTER_CUBIC).reshape(
+                x.shape[0] * u, x.shape[1] * u, -1)
+        smooth = x
+        if self.smooth_sigma > 0:
+            # replicate borders: zero padding would pull down (and shift inwards) peaks on the border
+            g = self._gaussian_kernel()
+            smooth = cv2.sepFilter2D(x, -1, g, g, borderType=cv2.BORDER_REPLICATE).reshape(x.shape)
+        kernel = np.ones((self.nms_window, self.nms_window), np.uint8)
+        # dilation = max-pool with the window centred; outside the map counts as -inf (as max_pool2d's padding)
+        peak = (smooth == cv2.dilate(smooth, kernel).reshape(x.shape)) & (x > self.peak_threshold)
+        H, W = x.shape[:2]
+        py, px, joint = np.nonzero(peak)
+        ym, yp = np.maximum(py - 1, 0), np.minimum(py + 1, H - 1)
+        xm, xp = np.maximum(px - 1, 0), np.minimum(px + 1, W - 1)
+        nb = np.stack([smooth[py, px, joint], smooth[py, xm, joint], smooth[py, xp, joint],
+                       smooth[ym, px, joint], smooth[yp, px, joint]], axis=1)
+        return joint.astype(np.int64), py, px, x[py, px, joint], nb, (H, W)
+
+    def _peaks_torch(self, heat: torch.Tensor) -> tuple:
+        """torch path on a device (J, h, w) tensor; the same operations as :meth:`_peaks_cv2`."""
+        x = heat[None]
+        u, k, pad = self.upsample, self.nms_window, self.nms_window // 2
+        if u > 1:
+            x = F.interpolate(x, scale_factor=u, mode="bicubic", align_corners=False)
+        smooth = x
+        if self.smooth_sigma > 0:
+            g = torch.as_tensor(self._gaussian_kernel(), device=x.device)
+            C, r = x.shape[1], g.numel() // 2
+            smooth = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), g.view(1, 1, 1, -1).expand(C, 1, 1, -1),
+                              groups=C)
+            smooth = F.conv2d(F.pad(smooth, (0, 0, r, r), mode="replicate"),
+                              g.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
+        peak = (smooth == F.max_pool2d(smooth, k, stride=1, padding=pad)) & (x > self.peak_threshold)
+        H, W = x.shape[-2:]
+        j, py, px = peak[0].nonzero(as_tuple=True)
+        m = smooth[0]
+        ym, yp = (py - 1).clamp(min=0), (py + 1).clamp(max=H - 1)
+        xm, xp = (px - 1).clamp(min=0), (px + 1).clamp(max=W - 1)
+        nb = torch.stack([m[j, py, px], m[j, py, xm], m[j, py, xp], m[j, ym, px], m[j, yp, px]], dim=1)
+        host = [t.cpu().numpy() for t in (j, py, px, x[0, j, py, px], nb)]
+        return host[0].astype(np.int64), host[1], host[2], host[3], host[4], (H, W)
 
     # ------------------------------------------------------------------ 3. people -> arrays
     def _people(self, slots: np.ndarray, total: np.ndarray, count: np.ndarray, xy: np.ndarray,
@@ -216,39 +247,72 @@ def decode(heatmaps: ArrayLike, pafs: ArrayLike, skeleton: Skeleton, decode_cfg:
     return Decoder(skeleton, decode_cfg, stride)(heatmaps, pafs)
 
 
-def _log_parabola_offset(m: torch.Tensor, j: torch.Tensor, py: torch.Tensor, px: torch.Tensor,
-                         axis: int) -> torch.Tensor:
-    """Sub-pixel offset in [-0.5, 0.5] of peaks (j, py, px) of map m (J, H, W) along ``axis`` (1 = y, 2 = x).
+def _first_of_plateaus(joint: np.ndarray, py: np.ndarray, px: np.ndarray, value: np.ndarray, radius: int,
+                       width: int) -> np.ndarray:
+    """(K,) bool: drop repeated maxima of one plateau.
 
-    A parabola through log(m) at -1, 0, +1: exact for Gaussian blobs. Border peaks (no neighbour on one side)
-    and flat or non-concave neighbourhoods get 0."""
-    n = m.shape[axis]
-    pos = px if axis == 2 else py
-    lo, hi = (pos - 1).clamp(min=0), (pos + 1).clamp(max=n - 1)
-    if axis == 2:
-        vm, v0, vp = m[j, py, lo], m[j, py, px], m[j, py, hi]
-    else:
-        vm, v0, vp = m[j, lo, px], m[j, py, px], m[j, hi, px]
-    lm, l0, lp = (torch.log(v.clamp(min=1e-6)) for v in (vm, v0, vp))
-    curvature = lm - 2 * l0 + lp
-    ok = (pos > 0) & (pos < n - 1) & (curvature < -1e-6)
-    offset = 0.5 * (lm - lp) / torch.where(ok, curvature, torch.ones_like(curvature))
-    return torch.where(ok, offset.clamp(-0.5, 0.5), torch.zeros_like(offset))
+    Equal neighbours (a joint midway between two cells; quantized FP16/INT8 outputs) pass the ``map == max
+    pool`` test together. Two candidates within one NMS window are both window maxima only if their values
+    are equal, so only runs of equal (joint, value) need a look; in each, a candidate with an earlier (raster
+    order) candidate within ``radius`` is dropped, as a max-pool over raster ranks would."""
+    keep = np.ones(joint.shape[0], bool)
+    order = np.lexsort((py * width + px, value, joint))
+    j, v = joint[order], value[order]
+    tied = np.flatnonzero((j[1:] == j[:-1]) & (v[1:] == v[:-1]))
+    if tied.size == 0:
+        return keep
+    starts = tied[np.r_[True, np.diff(tied) > 1]]  # each run of ties: order[start : end + 1]
+    ends = tied[np.r_[np.diff(tied) > 1, True]] + 1
+    for a, b in zip(starts, ends):
+        run = order[a : b + 1]  # raster order within the run
+        near = (np.abs(py[run, None] - py[None, run]) <= radius) & (np.abs(px[run, None] - px[None, run]) <= radius)
+        keep[run] = ~np.tril(near, k=-1).any(axis=1)  # any earlier candidate of the run in the window
+    return keep
+
+
+def _subpixel_offsets(nb: np.ndarray, py: np.ndarray, px: np.ndarray, hw: tuple[int, int]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-pixel offsets (dx, dy) in [-0.5, 0.5] of K peaks at (py, px) of an (H, W) map.
+
+    nb: (K, 5) map values at the peak, x-1, x+1, y-1, y+1 (border-clamped). Per axis, a parabola through the
+    log of the three values: exact for Gaussian blobs (the encoder's targets). On the map border one neighbour
+    is missing; the curvature is then borrowed from the other axis (the blobs are isotropic) and the offset
+    solved from the one remaining difference. Flat or non-concave neighbourhoods get 0."""
+    H, W = hw
+    lg = np.log(np.maximum(nb.astype(np.float64), 1e-6))
+    l0 = lg[:, 0]
+    axes = []
+    for lm, lp, has_m, has_p in ((lg[:, 1], lg[:, 2], px > 0, px < W - 1), (lg[:, 3], lg[:, 4], py > 0, py < H - 1)):
+        curv = lm - 2 * l0 + lp  # second difference; < 0 at a proper maximum
+        axes.append((lm, lp, has_m, has_p, curv, has_m & has_p & (curv < -1e-6)))
+    offsets = []
+    for (lm, lp, has_m, has_p, curv, proper), other in zip(axes, axes[::-1]):
+        c = np.where(proper, curv, np.where(other[5], other[4], 0.0))
+        ok = c < -1e-6
+        c = np.where(ok, c, -1.0)
+        two_sided = 0.5 * (lm - lp) / c
+        # one side only: l(+-1) - l(0) = c/2 (1 -+ 2d)  =>  d = +-(1/2 - (l(+-1) - l(0)) / c)
+        d = np.where(has_m & has_p, two_sided, np.where(has_p, 0.5 - (lp - l0) / c, (lm - l0) / c - 0.5))
+        offsets.append(np.where(ok, np.clip(d, -0.5, 0.5), 0.0).astype(np.float32))
+    return offsets[0], offsets[1]
 
 
 # ---------------------------------------------------------------------------------------------- numba kernels
 @numba.njit(cache=True, nogil=True)
-def _bilinear(paf: np.ndarray, ch: int, gx: float, gy: float) -> float:
-    """Bilinear sample of paf[ch] at grid coordinates (gx, gy), clamped to the map."""
+def _paf_dot(paf, k, gx, gy, ux, uy):
+    """Bilinear sample of limb k's PAF vector (channels 2k, 2k+1) at grid point (gx, gy), clamped to the map,
+    dotted with the unit vector (ux, uy)."""
     h, w = paf.shape[1], paf.shape[2]
     gx = min(max(gx, 0.0), w - 1.0)
     gy = min(max(gy, 0.0), h - 1.0)
     x0, y0 = int(gx), int(gy)
     x1, y1 = min(x0 + 1, w - 1), min(y0 + 1, h - 1)
     fx, fy = gx - x0, gy - y0
-    top = paf[ch, y0, x0] * (1.0 - fx) + paf[ch, y0, x1] * fx
-    bottom = paf[ch, y1, x0] * (1.0 - fx) + paf[ch, y1, x1] * fx
-    return top * (1.0 - fy) + bottom * fy
+    w00, w01, w10, w11 = (1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy
+    cx, cy = 2 * k, 2 * k + 1
+    vx = paf[cx, y0, x0] * w00 + paf[cx, y0, x1] * w01 + paf[cx, y1, x0] * w10 + paf[cx, y1, x1] * w11
+    vy = paf[cy, y0, x0] * w00 + paf[cy, y0, x1] * w01 + paf[cy, y1, x0] * w10 + paf[cy, y1, x1] * w11
+    return vx * ux + vy * uy
 
 
 @numba.njit(cache=True, nogil=True)
@@ -292,10 +356,10 @@ def _connect_limbs(paf, limbs, xy, offsets, stride, n_samples, min_score, min_co
                 ux, uy = dx / norm, dy / norm
                 acc, cnt = 0.0, 0
                 for s in range(n_samples):
+                    if cnt + n_samples - s < min_count:  # cannot pass any more: most far-apart pairs stop here
+                        break
                     t = s / (n_samples - 1.0)
-                    gx = (ax + t * dx - c) / stride
-                    gy = (ay + t * dy - c) / stride
-                    dot = _bilinear(paf, 2 * k, gx, gy) * ux + _bilinear(paf, 2 * k + 1, gx, gy) * uy
+                    dot = _paf_dot(paf, k, (ax + t * dx - c) / stride, (ay + t * dy - c) / stride, ux, uy)
                     if dot > min_score:
                         acc += dot
                         cnt += 1

@@ -33,6 +33,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,11 +202,13 @@ def _generate(params: dict, root: Path, workers: int) -> None:
         with bar, contextlib.ExitStack() as stack:
             if workers > 1:
                 # spawn, not fork: a forked child of a process with live threads (torch, tqdm) can deadlock.
-                pool = stack.enter_context(mp.get_context("spawn").Pool(workers, initializer=_worker_init))
-                it = pool.imap(_render_to_file, args, chunksize=8)
+                # An executor (not mp.Pool) fails loudly if a worker dies instead of respawning it forever.
+                pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init)
+                stack.callback(pool.shutdown, wait=True, cancel_futures=True)  # Ctrl-C: drop the queued images
+                it = pool.map(_render_to_file, args, chunksize=8)
             else:
                 it = map(_render_to_file, args)
-            for (split, _), result in zip(jobs, it):  # imap keeps job order: ids do not depend on scheduling
+            for (split, _), result in zip(jobs, it):  # map keeps job order: ids do not depend on scheduling
                 results[split].append(result)
                 bar.update()
         for split in SPLITS:

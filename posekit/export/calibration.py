@@ -208,9 +208,12 @@ class CalibrationReader(CalibrationDataReader):
         self.start, self.end = 0, len(self.data)
         self.rewind()
 
+    @property
+    def num_samples(self) -> int:
+        return len(self.data)
+
     def _batches(self):
-        starts = range(self.start, self.end, self.batch_size)
-        for i in tqdm(starts, desc="calibration", unit="batch", leave=False, disable=len(starts) < 2):
+        for i in range(self.start, self.end, self.batch_size):
             yield {self.input_name: np.ascontiguousarray(self.data[i : min(i + self.batch_size, self.end)])}
 
     def get_next(self) -> dict[str, np.ndarray] | None:

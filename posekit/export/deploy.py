@@ -64,13 +64,16 @@ def make_deployable(
 
     if peak_map:
         k = int(peak_window)
-        g.initializer.append(numpy_helper.from_array(np.zeros((), helper.tensor_dtype_to_np_dtype(dtype)), "deploy.zero"))
+        zero = np.zeros((), helper.tensor_dtype_to_np_dtype(dtype))  # the heatmaps' dtype (FP16 graphs too)
+        g.initializer.append(numpy_helper.from_array(zero, "deploy.zero"))
         g.node.extend(
             [
                 helper.make_node("MaxPool", ["heatmaps"], ["deploy.heatmaps_max"], name="deploy/peak_maxpool",
                                  kernel_shape=[k, k], strides=[1, 1], pads=[k // 2] * 4),
-                helper.make_node("Equal", ["heatmaps", "deploy.heatmaps_max"], ["deploy.is_peak"], name="deploy/peak_eq"),
-                helper.make_node("Where", ["deploy.is_peak", "heatmaps", "deploy.zero"], ["peaks"], name="deploy/peaks"),
+                helper.make_node("Equal", ["heatmaps", "deploy.heatmaps_max"], ["deploy.is_peak"],
+                                 name="deploy/peak_eq"),
+                helper.make_node("Where", ["deploy.is_peak", "heatmaps", "deploy.zero"], ["peaks"],
+                                 name="deploy/peaks"),
             ]
         )
         new_outputs.append(_value_info("peaks", heat_vi, spatial_scale=1))

@@ -38,7 +38,9 @@ class TrtBackend(Backend):
             raise UserError(f"engine not found: {self.path}. Build it with stage=export export.engine=true.")
         self.torch, self.trt = torch, trt
         self.device = torch.device(device if str(device).startswith("cuda") else "cuda")
-        torch.cuda.set_device(self.device)
+        if self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(self.device)  # TensorRT deserializes onto the current device
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
@@ -71,8 +73,9 @@ class TrtBackend(Backend):
         }
 
     @classmethod
-    def from_path(cls, path: str | os.PathLike, runtime_cfg: Any) -> "TrtBackend":
-        device = str(runtime_cfg.device)
+    def from_path(cls, path: str | os.PathLike, runtime_cfg: Any = None) -> "TrtBackend":
+        """``runtime_cfg``: ``cfg.runtime`` (``device``: auto | cuda[:N]), or None for the current GPU."""
+        device = str(getattr(runtime_cfg, "device", None) or "cuda") if runtime_cfg is not None else "cuda"
         return cls(path, device=device if device.startswith("cuda") else "cuda")
 
     # ------------------------------------------------------------------ inference

@@ -75,7 +75,8 @@ def bench_images(cfg: DictConfig, count: int) -> list[np.ndarray]:
         if len(images) == count:
             break
     if not images:
-        raise UserError("bench: no readable image for end-to-end timing; set bench.images=PATH or bench.end_to_end=false")
+        raise UserError("bench: no readable image for end-to-end timing; set bench.images=PATH or "
+                        "bench.end_to_end=false")
     return [images[i % len(images)] for i in range(count)]
 
 
@@ -121,8 +122,9 @@ def _on_cuda(backend: Any) -> bool:
     return str(getattr(backend, "device", "cpu")).startswith("cuda") and backend.name in ("torch", "tensorrt")
 
 
-def bench_artifact(cfg: DictConfig, path: Path, skeleton: Any, images: list[np.ndarray] | None) -> list[dict]:
-    """All batch sizes of one artifact; one row per batch size."""
+def bench_artifact(cfg: DictConfig, path: Path, skeleton: Any, images: list[np.ndarray] | None,
+                   label: str | None = None) -> list[dict]:
+    """All batch sizes of one artifact; one row per batch size (``label`` names it in the table)."""
     from posekit.runtime import Predictor, load_backend
 
     backend = load_backend(path, cfg.runtime)
@@ -132,7 +134,7 @@ def bench_artifact(cfg: DictConfig, path: Path, skeleton: Any, images: list[np.n
     for bs in (int(b) for b in cfg.bench.batch_sizes):
         batch = np.random.default_rng(0).uniform(-0.5, 0.5, size=(bs, 3, *hw)).astype(np.float32)
         row: dict[str, Any] = {
-            "artifact": str(path), "name": path.name, "backend": backend.name,
+            "artifact": str(path), "name": label or path.name, "backend": backend.name,
             "precision": backend.meta.get("precision", "fp32"), "device": str(getattr(backend, "device", "cpu")),
             "input_hw": list(hw), "batch": bs, "static_batch": getattr(backend, "batch", None),
         }
@@ -183,7 +185,9 @@ def format_table(rows: list[dict]) -> str:
 
 
 def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    from posekit.benchmarks.onnxruntime_int8 import cpu_flags, cpu_name
+
+    info: dict[str, Any] = {"platform": platform.platform(), "processor": cpu_name(), "cpu_flags": cpu_flags(),
                             "cpu_count": os.cpu_count()}
     try:
         import onnxruntime as ort
@@ -207,7 +211,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     rows, skipped = [], {}
     for path in artifacts:
         try:
-            rows.extend(bench_artifact(cfg, path, skeleton, images))
+            label = str(path.relative_to(exp.root / "export")) if path.is_relative_to(exp.root / "export") else None
+            rows.extend(bench_artifact(cfg, path, skeleton, images, label))
         except UserError as e:  # e.g. an engine on a machine without TensorRT: the other artifacts still run
             if len(artifacts) == 1:
                 raise

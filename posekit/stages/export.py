@@ -93,7 +93,7 @@ def _load(path: Path):
 
 
 # ------------------------------------------------------------------------------------------------ steps
-def _int8(cfg: DictConfig, exp: Experiment, out: Path, fp32: Path, hw: tuple[int, int]) -> dict[str, Any]:
+def _int8(cfg: DictConfig, exp: Experiment, out: Path, fp32: Path, hw: tuple[int, int], shape: list) -> dict[str, Any]:
     """Calibrate once (ORT) -> ranges.json, Q/DQ ONNX, CPU INT8 ONNX and the TensorRT calibration cache."""
     from posekit.export.calib_cache import DEFAULT_TRT_VERSION, write_calibration_cache
     from posekit.export.calibration import CalibrationReader
@@ -109,7 +109,6 @@ def _int8(cfg: DictConfig, exp: Experiment, out: Path, fp32: Path, hw: tuple[int
     ranges = calibrate(fp32, reader, cal.method, percentile=cal.percentile, num_bins=cal.num_bins,
                        num_quantized_bins=cal.num_quantized_bins)
     ranges_path = save_ranges(ranges, out / names.ranges_name(hw))
-    shape = input_shape(hw, ex.data_format)
     records["ranges"] = artifact_record(ranges_path, precision="int8", format="onnxruntime-tensors-data",
                                         method=cal.method, tensors=len(ranges.keys()))
 
@@ -132,7 +131,8 @@ def _int8(cfg: DictConfig, exp: Experiment, out: Path, fp32: Path, hw: tuple[int
     return records
 
 
-def _deploy(cfg: DictConfig, out: Path, fp32: Path, hw: tuple[int, int], precision: str) -> dict[str, Any]:
+def _deploy(cfg: DictConfig, out: Path, fp32: Path, hw: tuple[int, int], shape: list, precision: str
+            ) -> dict[str, Any]:
     from posekit import io
     from posekit.export.deploy import make_deployable, nvinfer_config
     from posekit.export.onnx_export import save_onnx
@@ -146,8 +146,7 @@ def _deploy(cfg: DictConfig, out: Path, fp32: Path, hw: tuple[int, int], precisi
                             channels_last=ex.data_format == "channels_last")
     cfg_path = io.write_text(out / names.nvinfer_config_name(hw, precision), config)
     return {
-        "deploy": artifact_record(path, precision="fp32", format="onnx-deployable",
-                                  input_shape=input_shape(hw, ex.data_format),
+        "deploy": artifact_record(path, precision="fp32", format="onnx-deployable", input_shape=shape,
                                   outputs=[o.name for o in model.graph.output]),
         "nvinfer_config": artifact_record(cfg_path, precision=precision, format="deepstream-nvinfer-config"),
     }
@@ -181,7 +180,7 @@ def _engines(cfg: DictConfig, out: Path, hw: tuple[int, int], precision: str) ->
                 raise trtx.TensorRTUnavailable("tensorrt is not installed")
             plan = trtx.plan_engine(precision, trtx.major(version), int8_source=ex.trt_int8_source, **files)
             log.info("building TensorRT %s engine from %s", version, plan.onnx.name)
-            trtx.build_engine(plan, engine, **{k: v for k, v in common.items()})
+            trtx.build_engine(plan, engine, **common)
             records["engine"] = artifact_record(engine, precision=precision, format="tensorrt-engine",
                                                 input_shape=shape, tensorrt=version, onnx=str(plan.onnx))
         except trtx.TensorRTUnavailable as e:
@@ -222,7 +221,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     net, info = _load(src)
     hw = (int(cfg.model.input_shape[0]), int(cfg.model.input_shape[1]))
     out = exp.dir("export", tag)
-    shape = input_shape(hw, ex.data_format) if not ex.dynamic_batch else ["batch", *input_shape(hw, ex.data_format)[1:]]
+    shape: list = input_shape(hw, ex.data_format)  # as recorded in summary.json; "batch" when dynamic
+    if ex.dynamic_batch:
+        shape[0] = "batch"
     log.info("exporting %s (%s) at %dx%d, %s, to %s", src, tag, *hw, precision, out)
 
     # FP32 ONNX + parity with torch on random and real inputs
@@ -249,13 +250,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                           io_dtype="float32" if cfg.precision.keep_io_fp32 else "float16")
         fidelity["fp16"] = _fidelity(reference, fp16, probe)
     elif precision == "int8":
-        records.update(_int8(cfg, exp, out, fp32, hw))
+        records.update(_int8(cfg, exp, out, fp32, hw, shape))
         for key in ("int8_qdq", "int8_cpu"):
             if key in records:
                 fidelity[key] = _fidelity(reference, Path(records[key]["path"]), probe)
 
     if ex.deploy:
-        records.update(_deploy(cfg, out, fp32, hw, precision))
+        records.update(_deploy(cfg, out, fp32, hw, shape, precision))
     engine_records, trtexec = _engines(cfg, out, hw, precision)
     records.update(engine_records)
 

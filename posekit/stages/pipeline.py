@@ -140,31 +140,31 @@ def describe_export(path: Path, record: dict[str, Any]) -> tuple[str, str, tuple
     return fmt, prec, tuple(int(v) for v in shape[-2:]) if shape else None
 
 
-def timing_by_artifact(result: dict, artifacts: Iterable[Artifact]) -> dict[str, dict[str, Any]]:
-    """``{artifact label: {latency_ms, throughput}}`` from a bench result, whatever its nesting: a list of
-    per-artifact records, or a mapping keyed by path or file name."""
-    by_path = {str(a.path): a.label for a in artifacts}
-    by_name = {a.path.name: a.label for a in artifacts}
-    entries: list[tuple[str | None, Any]] = []
-    container = result.get("artifacts", result.get("results", result)) if isinstance(result, dict) else None
-    if isinstance(container, list):
-        entries = [(e.get("artifact") or e.get("path"), e) for e in container if isinstance(e, dict)]
-    elif isinstance(container, dict):
-        entries = list(container.items())
+def bench_records(cfg: DictConfig) -> dict[str, Any]:
+    """The bench stage's per-artifact rows and skipped artifacts (``<experiment>/bench/bench.json``)."""
+    data = io.read_json(Experiment(cfg).root / "bench" / "bench.json")
+    return {"rows": data.get("rows", []), "skipped": data.get("skipped", {})}
+
+
+def timing_by_artifact(timings: dict[str, Any], artifacts: Iterable[Artifact]) -> dict[str, dict[str, Any]]:
+    """``{artifact label: {latency_ms, throughput, e2e_ms, device}}`` from the bench rows (one per artifact x batch
+    size): latency and end-to-end time at the smallest batch, throughput the best over batch sizes."""
+    by_path = {str(Path(a.path).resolve()): a.label for a in artifacts}
     out: dict[str, dict[str, Any]] = {}
-    for key, e in entries:
-        if not isinstance(e, dict) or key is None:
-            continue
-        lbl = by_path.get(str(key)) or by_name.get(Path(str(key)).name)
+    for row in sorted(timings.get("rows", []), key=lambda r: r.get("batch", 1)):
+        lbl = by_path.get(str(Path(str(row.get("artifact", ""))).resolve()))
         if lbl is None:
             continue
-        lat = _find(e, "latency_ms", "network_ms", "mean_ms", "median_ms")
-        thr = _find(e, "throughput", "images_per_s", "fps")
-        if isinstance(lat, dict):  # per batch size
-            lat = lat.get("1", lat.get(1, next(iter(lat.values()), None)))
-        if isinstance(thr, dict):
-            thr = max((v for v in thr.values() if isinstance(v, (int, float))), default=None)
-        out[lbl] = {"latency_ms": lat, "throughput": thr}
+        net, e2e = row.get("network") or {}, row.get("end_to_end") or {}
+        t = out.setdefault(lbl, {"latency_ms": net.get("median_ms"), "e2e_ms": e2e.get("median_ms"),
+                                 "device": row.get("device"), "throughput": None})
+        thr = net.get("throughput_ips")
+        if isinstance(thr, (int, float)) and (t["throughput"] is None or thr > t["throughput"]):
+            t["throughput"] = thr
+    for path, why in timings.get("skipped", {}).items():
+        lbl = by_path.get(str(Path(path).resolve()))
+        if lbl is not None:
+            out[lbl] = {"error": f"bench: {why}"}
     return out
 
 
@@ -357,13 +357,17 @@ class Pipeline:
         cfg = derive(self.out_cfg, {"stage": "bench", "bench.artifacts": [str(a.path) for a in targets]})
         fp = fingerprint(cfg, BENCH_SECTIONS, upstream=[a.fingerprint for a in targets])
         out = self._run(Step("bench", "bench", cfg, self.layout.outputs, fp,
+                             enrich=lambda r: {**r, "timings": bench_records(cfg)},
                              title=f"bench {len(targets)} artifact(s)"))
         if not out.ok:
             for a in targets:
                 a.errors.append(f"bench: {out.error}")
             return
-        for lbl, t in timing_by_artifact(out.result, targets).items():
-            self.artifacts[lbl].timing.update(t)
+        for lbl, t in timing_by_artifact(out.result.get("timings", {}), targets).items():
+            if "error" in t:
+                self.artifacts[lbl].errors.append(t["error"])
+            else:
+                self.artifacts[lbl].timing.update(t)
 
     def _step_infer(self) -> None:
         final = self.final_artifact() or self.model
@@ -401,7 +405,9 @@ class Pipeline:
                 **stats_cache[key],
                 **{k: a.metrics.get(k) for k in ("AP", "APm", "APl", "AP50", "AP75")},
                 "latency_ms": a.timing.get("latency_ms"),
+                "e2e_ms": a.timing.get("e2e_ms"),
                 "throughput": a.timing.get("throughput"),
+                "device": a.timing.get("device"),
                 "error": "; ".join(a.errors) or None,
             })
         return rows

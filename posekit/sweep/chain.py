@@ -289,6 +289,12 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=default))
 
 
+def _is_job_control(e: BaseException) -> bool:
+    """Exceptions that end the job rather than the step: submitit raises them from its signal handler (pre-emption,
+    time-out) wherever the job happens to be. SystemExit and KeyboardInterrupt are not caught at all."""
+    return type(e).__module__.split(".")[0] == "submitit"
+
+
 @contextlib.contextmanager
 def step_lock(path: Path, what: str) -> Iterator[None]:
     """Hold ``path`` (an flock) for the duration; says who holds it when we have to wait."""
@@ -362,9 +368,9 @@ class StepRunner:
             missing = [p for p in artifacts if not Path(p).exists()]
             if missing:
                 raise RuntimeError(f"stage {step.stage} returned without writing {missing}")
-        except (Exception, SystemExit) as e:  # a stage that sys.exit()s must not end a sweep either
-            if isinstance(e, SystemExit) and e.code in (0, None):
-                e = RuntimeError(f"stage {step.stage} exited early")
+        except Exception as e:
+            if _is_job_control(e):
+                raise  # submitit's pre-emption/time-out handler ends the job through here: let it
             seconds = time.perf_counter() - t0
             error = f"{type(e).__name__}: {e}"
             log.error("%s: failed after %.1fs: %s", step.title or step.id, seconds, error, exc_info=True)

@@ -43,6 +43,11 @@ def _num(fmt: str) -> Callable[[Any], str]:
     return f
 
 
+def _ap(v: Any) -> str:
+    """COCO writes -1 for an area range without ground truth (e.g. APl on small images): show it as n/a."""
+    return "n/a" if isinstance(v, (int, float)) and v < 0 else _num(".3f")(v)
+
+
 def _millions(v: Any) -> str:
     return "—" if v is None else f"{v / 1e6:.2f}M"
 
@@ -79,12 +84,13 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column])
 
 # Columns shared by the pipeline's final table and the sweep report.
 METRIC_COLUMNS = [
-    num("AP", "AP", ".3f"),
-    num("APm", "APm", ".3f"),
-    num("APl", "APl", ".3f"),
+    Column("AP", "AP", _ap, numeric=True),
+    Column("APm", "APm", _ap, numeric=True),
+    Column("APl", "APl", _ap, numeric=True),
     Column("params", "params", _millions, numeric=True),
     num("gflops", "GFLOPs", ".2f"),
     num("latency_ms", "latency ms", ".2f"),
+    num("e2e_ms", "e2e ms", ".2f"),
     num("throughput", "img/s", ".1f"),
 ]
 
@@ -99,8 +105,8 @@ SWEEP_COLUMNS = [
     *METRIC_COLUMNS,
     Column("error", "error"),
 ]
-CSV_KEYS = ["point", "status", "stages", "width", "pth", "shape", "precision", "format", "artifact", "params",
-            "gflops", "AP", "APm", "APl", "latency_ms", "throughput", "error"]
+CSV_KEYS = ["point", "status", "stages", "width", "pth", "shape", "train_shape", "precision", "format", "artifact",
+            "params", "gflops", "AP", "APm", "APl", "AP50", "latency_ms", "e2e_ms", "throughput", "device", "error"]
 
 
 # --------------------------------------------------------------------------------------------- collecting

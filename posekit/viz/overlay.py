@@ -44,3 +44,52 @@ def draw_people(image_rgb: np.ndarray, people: People, skeleton: Skeleton, min_j
             cv2.circle(out, tuple(map(int, pts[j])), radius * scale, SIDE_COLORS[skeleton.side(j)], max(1, thickness // 2),
                        cv2.LINE_AA, shift)
     return out
+
+
+def round_trip_overlay(ann_file: str, image_dir: str, image_id: int, skeleton: Skeleton,
+                       input_hw: tuple[int, int] = (288, 384)) -> np.ndarray:
+    """The ground truth of one annotated image sent through the codec as inference would see it (strict
+    preprocessing affine -> encode -> decode -> inverse affine), drawn on the image: what a perfect network
+    would give at this input size."""
+    import json
+    from pathlib import Path
+
+    from posekit.codec import Decoder, encode
+    from posekit.data.images import read_image_rgb
+    from posekit.runtime.preprocess import apply_affine, invert_affine, strict_affine
+
+    data = json.loads(Path(ann_file).read_text())
+    info = next(im for im in data["images"] if im["id"] == image_id)
+    anns = [a for a in data["annotations"] if a["image_id"] == image_id and a["num_keypoints"] > 0]
+    kps = skeleton.to_network(np.array([a["keypoints"] for a in anns], np.float32).reshape(len(anns), -1))
+    image = read_image_rgb(Path(image_dir) / info["file_name"])
+    affine = strict_affine(image.shape[:2], input_hw)
+    kps[..., :2] = apply_affine(kps[..., :2], affine)
+    heat, paf = encode(kps, skeleton, (input_hw[0] // 8, input_hw[1] // 8))
+    people = Decoder(skeleton)(heat, paf).transformed(invert_affine(affine))
+    return draw_people(image, people, skeleton)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m posekit.viz.overlay --ann A.json --images DIR --image-id N --out overlay.jpg``"""
+    import argparse
+
+    from posekit import io
+
+    ap = argparse.ArgumentParser(description="Draw the codec round trip (encode -> decode) of an annotated image.")
+    ap.add_argument("--ann", required=True, help="COCO person-keypoints annotation file")
+    ap.add_argument("--images", required=True, help="image folder")
+    ap.add_argument("--image-id", type=int, required=True)
+    ap.add_argument("--input", default="288x384", help="network input HxW")
+    ap.add_argument("--out", required=True, help="output .jpg")
+    ap.add_argument("--quality", type=int, default=85)
+    args = ap.parse_args(argv)
+    input_hw = tuple(int(v) for v in args.input.lower().split("x"))
+    overlay = round_trip_overlay(args.ann, args.images, args.image_id, Skeleton.default(), input_hw)
+    with io.atomic_path(args.out) as tmp:
+        cv2.imwrite(str(tmp), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, args.quality])
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

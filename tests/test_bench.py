@@ -1,0 +1,66 @@
+"""bench stage: the CLI on CPU (ONNX artifacts, several batch sizes, network-only and end-to-end), the default
+artifact discovery and the statistics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from posekit.export.onnx_export import export_onnx
+from posekit.stages.bench import default_artifacts, summarize, time_calls
+from tests.conftest import compose, run_cli
+from tests.test_export import tiny_final_stage
+
+
+def test_summary_statistics():
+    samples = [5.0, 1.0, 3.0, 2.0, 4.0, 10.0]
+    s = summarize(samples, batch=4)
+    assert s["median_ms"] == pytest.approx(np.median(samples))
+    assert s["p90_ms"] == pytest.approx(np.percentile(samples, 90))
+    assert s["throughput_ips"] == pytest.approx(4 * 1e3 / np.median(samples), rel=1e-3)
+    calls = []
+    assert len(time_calls(lambda: calls.append(1), warmup=2, iters=3)) == 3 and len(calls) == 5
+
+
+def test_default_artifacts_are_the_exported_models(tmp_path):
+    cfg = compose(f"experiment.root={tmp_path}", "stage=bench")
+    from posekit.experiment import Experiment
+
+    exp = Experiment(cfg)
+    folder = exp.dir("export", "trained")
+    for name in ("model.128.128.fp32.onnx", "model.128.128.int8.cpu.onnx", "model.128.128.deploy.onnx",
+                 "model.128.128.fp16.engine", "cal.128.128.bin", "summary.json"):
+        (folder / name).write_bytes(b"x")
+    found = [p.name for p in default_artifacts(exp)]
+    assert sorted(found) == ["model.128.128.fp16.engine", "model.128.128.fp32.onnx", "model.128.128.int8.cpu.onnx"]
+
+
+@pytest.mark.slow
+def test_bench_cli_on_cpu(tmp_path, coco_sample):
+    onnx_a = export_onnx(tiny_final_stage(), tmp_path / "model.128.128.fp32.onnx", (128, 128))
+    onnx_b = export_onnx(tiny_final_stage(), tmp_path / "model.128.128.nhwc.onnx", (128, 128),
+                         data_format="channels_last", dynamic_batch=True)
+    root = tmp_path / "exp"
+    proc = run_cli("stage=bench", "preset=tiny", f"experiment.root={root}", f"bench.artifacts=[{onnx_a},{onnx_b}]",
+                   "bench.batch_sizes=[1,2]", f"bench.images={coco_sample}", "runtime.ort_threads=1")
+    out = root / "default" / "bench"
+    report = json.loads((out / "bench.json").read_text())
+    rows = report["rows"]
+    assert [(Path(r["artifact"]).name, r["batch"]) for r in rows] == [
+        (onnx_a.name, 1), (onnx_a.name, 2), (onnx_b.name, 1), (onnx_b.name, 2)]
+    for r in rows:
+        assert r["backend"] == "onnxruntime" and r["device"] == "cpu" and r["input_hw"] == [128, 128]
+        for part in ("network", "end_to_end"):
+            stats = r[part]
+            assert stats["iters"] == 3  # preset=tiny: 1 warm-up + 3 timed calls
+            assert 0 < stats["min_ms"] <= stats["median_ms"] <= stats["p90_ms"]
+            assert stats["throughput_ips"] == pytest.approx(r["batch"] * 1e3 / stats["median_ms"], rel=1e-2)
+        assert set(r["end_to_end"]["breakdown_median_ms"]) == {"preprocess_ms", "network_ms", "decode_ms"}
+    table = (out / "bench.md").read_text()
+    assert table.count(f"| {onnx_a.name} |") == 2 and "e2e median ms" in table
+    assert "net median ms" in proc.stdout  # the table is printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metrics"]["latency_ms"] == rows[0]["network"]["median_ms"]
