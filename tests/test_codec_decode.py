@@ -37,6 +37,7 @@ def round_trip_detections(ann_file, skeleton, input_hw=INPUT_HW, decode_cfg=None
 def test_round_trip_coco_sample(coco_sample, skeleton):
     ann = coco_sample / "test_coco.json"
     metrics = evaluate_detections(ann, round_trip_detections(ann, skeleton), skeleton, print_table=False)
+    print(f"COCO sample round trip at {INPUT_HW[0]}x{INPUT_HW[1]}: AP {metrics['AP']:.3f} AR {metrics['AR']:.3f}")
     assert metrics["AP"] >= 0.95, metrics
     assert metrics["AR"] >= 0.95, metrics
 

@@ -139,3 +139,13 @@ def test_draw_people_colours_limbs_by_side(skeleton):
     assert not image.any()  # the input is left alone
     assert tuple(out[100, 150]) == SIDE_COLORS["left"] and tuple(out[100, 50]) == SIDE_COLORS["right"]
     assert not out[185:195, 10:20].any() and not out[100, 100].any()
+
+
+def test_infer_unreadable_only_image_is_an_error(tmp_path, tiny_model):
+    from posekit.stages import infer
+
+    (tmp_path / "broken.png").write_bytes(b"garbage")
+    cfg = compose("stage=infer", "preset=tiny", f"infer.input={tmp_path / 'broken.png'}",
+                  f"infer.artifact={tiny_model}", f"experiment.root={tmp_path}")
+    with pytest.raises(UserError, match="could be read"):
+        infer.run(cfg)

@@ -51,7 +51,8 @@ def hardware() -> str:
             model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{model} ({os.cpu_count()} logical cores; timed on 1 thread), torch {torch.__version__}, numba {numba.__version__}"
+    return (f"{model} ({os.cpu_count()} logical cores; timed on 1 thread), torch {torch.__version__}, "
+            f"numba {numba.__version__}")
 
 
 def bench(upsample: int, people: int, input_hw: tuple[int, int], scenes: int, repeats: int,

@@ -99,8 +99,9 @@ class TorchBackend(Backend):
         self.model = model
         param = next(model.parameters(), None)
         model_device = param.device if param is not None else torch.device("cpu")
-        self.device = model_device if device == "auto" else torch.device(device)
-        if self.device != model_device:
+        want = model_device if device == "auto" else torch.device(device)
+        self.device = model_device  # "cuda" means the model's CUDA device (cuda:0 ...)
+        if want.type != model_device.type or (want.index is not None and want.index != model_device.index):
             raise UserError(
                 f"TorchBackend: the model is on {model_device} but device={device!r}; move the model first or "
                 "load it with TorchBackend.from_path(path, runtime_cfg)"
@@ -131,7 +132,9 @@ class TorchBackend(Backend):
         model = model.to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        graphs = bool(_cfg_get(runtime_cfg, "cuda_graphs", True)) and _cfg_get(runtime_cfg, "mode", "strict") == "strict"
+        # CUDA graphs need repeated shapes: strict mode gives every image the same input
+        strict = _cfg_get(runtime_cfg, "mode", "strict") == "strict"
+        graphs = bool(_cfg_get(runtime_cfg, "cuda_graphs", True)) and strict
         return cls(
             model,
             device=device,
@@ -143,8 +146,11 @@ class TorchBackend(Backend):
 
     # ------------------------------------------------------------------ forward
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # no autocast weight cache: it would be captured into CUDA graphs (and one forward gains nothing from it)
         ctx = (
-            torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else contextlib.nullcontext()
+            torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=False)
+            if self.dtype is not None
+            else contextlib.nullcontext()
         )
         with ctx:
             heat, paf = self.model(x)

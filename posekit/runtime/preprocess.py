@@ -76,7 +76,8 @@ def adjust_affine(image_hw: tuple[int, int], input_hw: tuple[int, int], multiple
 
 def scaled_input_hw(input_hw: tuple[int, int], scale: float, multiple: int = 8) -> tuple[int, int]:
     """The network input of one multi-scale pass: ``scale * input_hw`` rounded to a multiple of the stride."""
-    return tuple(max(multiple, int(round(v * scale / multiple)) * multiple) for v in input_hw)  # type: ignore[return-value]
+    h, w = (max(multiple, int(round(v * scale / multiple)) * multiple) for v in input_hw)
+    return h, w
 
 
 def invert_affine(affine: np.ndarray) -> np.ndarray:

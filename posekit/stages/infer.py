@@ -176,6 +176,8 @@ def run(cfg: DictConfig) -> dict:
     writer = _Writer(out, skeleton, bool(cfg.infer.draw), float(cfg.infer.min_score))
     log.info("infer %s with %s (%s) -> %s", src, artifact, predictor.backend.name, out)
     skipped = _run_video(predictor, src, writer) if kind == "video" else _run_images(predictor, files, writer)
+    if not writer.images:
+        raise UserError(f"infer.input={src}: none of its {len(files)} image(s) could be read (see the warnings above)")
     io.write_json(out / "detections.json", writer.detections)
     io.write_json(out / "images.json", writer.images)
     n = len(writer.images)

@@ -40,9 +40,9 @@ def draw_people(image_rgb: np.ndarray, people: People, skeleton: Skeleton, min_j
             if ok[a] and ok[b]:
                 cv2.line(out, tuple(map(int, pts[a])), tuple(map(int, pts[b])), color, thickness, cv2.LINE_AA, shift)
         for j in np.flatnonzero(ok):
-            cv2.circle(out, tuple(map(int, pts[j])), radius * scale, JOINT_COLOR, -1, cv2.LINE_AA, shift)
-            cv2.circle(out, tuple(map(int, pts[j])), radius * scale, SIDE_COLORS[skeleton.side(j)], max(1, thickness // 2),
-                       cv2.LINE_AA, shift)
+            centre, ring = tuple(map(int, pts[j])), SIDE_COLORS[skeleton.side(j)]
+            cv2.circle(out, centre, radius * scale, JOINT_COLOR, -1, cv2.LINE_AA, shift)
+            cv2.circle(out, centre, radius * scale, ring, max(1, thickness // 2), cv2.LINE_AA, shift)
     return out
 
 
