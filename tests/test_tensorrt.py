@@ -78,6 +78,8 @@ def test_cache_reader_round_trips(tmp_path):
     assert parsed == pytest.approx(scales, rel=1e-6)
 
 
+@pytest.mark.tensorrt
+@pytest.mark.gpu
 def test_build_and_run_engine(tmp_path):
     pytest.importorskip("tensorrt", reason="TensorRT is not installable on this machine (NVIDIA's index only)")
     import torch

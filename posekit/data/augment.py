@@ -28,19 +28,6 @@ def _affine(a: np.ndarray) -> np.ndarray:
     return np.vstack([a, [0.0, 0.0, 1.0]])
 
 
-def letterbox_matrix(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarray:
-    """(2, 3) affine fitting a whole ``src_hw`` image into ``dst_hw``: aspect kept, centred (TAO "strict" mode).
-
-    The uniform scale ``s = min(W_dst / W_src, H_dst / H_src)`` maps the source's pixel extent [-0.5, W - 0.5]
-    onto a centred span of the destination, so ``x' = s * (x + 0.5) - 0.5 + pad_x``; the padding (filled with the
-    border value by the caller) is split evenly.
-    """
-    (h, w), (H, W) = src_hw, dst_hw
-    s = min(W / w, H / h)
-    pad_x, pad_y = (W - s * w) / 2.0, (H - s * h) / 2.0
-    return np.array([[s, 0.0, 0.5 * s - 0.5 + pad_x], [0.0, s, 0.5 * s - 0.5 + pad_y]])
-
-
 def person_centric_matrix(
     center: np.ndarray,
     person_height: float,

@@ -31,14 +31,13 @@ from torch.utils.data import Dataset, get_worker_info
 
 from posekit.codec.encode import encode
 from posekit.data import masks
-from posekit.data.augment import Augmenter, letterbox_matrix, transform_keypoints, warp_image
+from posekit.data.augment import Augmenter, transform_keypoints, warp_image
 from posekit.data.images import CorruptImageError, normalize, read_image_rgb
 from posekit.errors import UserError
+from posekit.runtime.preprocess import BORDER_VALUE, strict_affine
 from posekit.skeleton import Skeleton
 
 log = logging.getLogger("posekit.data")
-
-VAL_BORDER = 128  # TAO strict mode pads with (128, 128, 128), which normalizes to 0
 
 
 # ============================================================================================== index
@@ -248,8 +247,9 @@ class PoseDataset(Dataset):
             matrix, flipped = self.augment.geometry(rng, rec["centers"][main], float(rec["sizes"][main, 1]))
             border = self.augment.border_value
         else:
-            matrix, flipped = letterbox_matrix(img.shape[:2], self.input_hw), False
-            border = VAL_BORDER
+            # the inference preprocessing's own letterbox (TAO strict), so the val loss sees what eval sees
+            matrix, flipped = strict_affine(img.shape[:2], self.input_hw), False
+            border = BORDER_VALUE
         image = warp_image(img, matrix, self.input_hw, border)
         image = self.augment.color(image, rng)
         keypoints = transform_keypoints(rec["keypoints"], matrix)

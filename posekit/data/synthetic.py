@@ -31,6 +31,7 @@ import math
 import multiprocessing as mp
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
@@ -201,9 +202,11 @@ def _generate(params: dict, root: Path, workers: int) -> None:
         bar = tqdm(total=len(jobs), desc="synthetic data", unit="img", dynamic_ncols=True)
         with bar, contextlib.ExitStack() as stack:
             if workers > 1:
-                # spawn, not fork: a forked child of a process with live threads (torch, tqdm) can deadlock.
-                # An executor (not mp.Pool) fails loudly if a worker dies instead of respawning it forever.
-                pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init)
+                # fork on Linux (as DataLoader workers): spawn would re-import the caller's __main__, which in a
+                # script without a main guard would wait on our lock forever. An executor (not mp.Pool) fails
+                # loudly if a worker dies instead of respawning it.
+                method = "fork" if sys.platform.startswith("linux") else "spawn"
+                pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=_worker_init)
                 stack.callback(pool.shutdown, wait=True, cancel_futures=True)  # Ctrl-C: drop the queued images
                 it = pool.map(_render_to_file, args, chunksize=8)
             else:

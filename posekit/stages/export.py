@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +87,9 @@ def _load(path: Path):
         model, info = load_model(path)
     except FileNotFoundError as e:
         raise MissingArtifactError(str(e)) from e
-    except (ValueError, KeyError, RuntimeError, OSError) as e:
-        raise UserError(f"cannot load {path} as a posekit model ({e}); pass export.model=PATH to a model file "
+    except (ValueError, KeyError, AttributeError, RuntimeError, OSError, EOFError, pickle.UnpicklingError) as e:
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise UserError(f"cannot load {path} as a posekit model ({reason}); pass export.model=PATH to a model file "
                         "(train/model.pt, prune/model.pruned-<pth>.pt, retrain/.../model.pt) or a .ckpt") from e
     return FinalStage(model).eval(), info
 

@@ -20,7 +20,6 @@ shows the failed row.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 from collections.abc import Iterable
@@ -468,7 +467,9 @@ class Pipeline:
                                                metrics={"AP": ap}, **summary)
         print(f"\n{table}\n", flush=True)
         print(f"pipeline: {summary['status']}; table: {folder / 'pipeline.md'}", flush=True)
-        result = {"AP": ap if ap is not None else math.nan, "status": summary["status"], "final": summary["final"]}
+        # no AP (a failed point): None, which Hydra sweepers take as "no value" (Optuna marks the trial failed;
+        # a NaN would make optuna 2.x raise and end the search)
+        result = {"AP": ap, "status": summary["status"], "final": summary["final"]}
         if failed and not (hc and hc["multirun"]):
             raise PipelineError(
                 f"pipeline finished with {len(failed)} failed or blocked step(s): "
