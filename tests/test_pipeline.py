@@ -194,6 +194,18 @@ def test_a_failed_model_step_blocks_what_needs_it(tmp_path):
     assert {steps[k] for k in ("prune", "retrain", "export", "bench")} == {"blocked"}
 
 
+def test_a_chain_without_train_starts_from_the_experiments_models(tmp_path):
+    run_pipeline(tiny_cfg(tmp_path, "pipeline.steps=[train,prune,retrain]"), FakeStages())
+    exp = Experiment(tiny_cfg(tmp_path))
+    fake = FakeStages()
+    run_pipeline(tiny_cfg(tmp_path, "pipeline.steps=[eval,prune]"), fake)
+    # eval: the experiment's latest model; prune: the trained model (as the stage would), already pruned from it
+    assert fake.calls == [("eval", "model.pt")] and Path(fake.configs[0].eval.artifact) == exp.retrained_model()
+    fake = FakeStages()
+    run_pipeline(tiny_cfg(tmp_path, "pipeline.steps=[prune]", "prune.pth=0.4"), fake)
+    assert fake.calls == [("prune", "0.4")] and Path(fake.configs[0].prune.model) == exp.trained_model
+
+
 def test_a_deleted_artifact_is_rebuilt(tmp_path):
     cfg = tiny_cfg(tmp_path, "pipeline.steps=[train,prune]")
     run_pipeline(cfg, FakeStages())
@@ -265,7 +277,8 @@ def test_the_lock_lets_only_one_of_two_concurrent_jobs_run_a_step(tmp_path):
 
     def job() -> None:
         barrier.wait()
-        results.put(StepRunner(slow_stage).run(Step("shared", "train", cfg, tmp_path, "fp1", lambda r: [out_file])).status)
+        step = Step("shared", "train", cfg, tmp_path, "fp1", lambda r: [out_file])
+        results.put(StepRunner(slow_stage).run(step).status)
 
     procs = [ctx.Process(target=job) for _ in range(2)]
     for p in procs:
@@ -279,6 +292,8 @@ def test_the_lock_lets_only_one_of_two_concurrent_jobs_run_a_step(tmp_path):
 
 def test_pipeline_refuses_to_run_as_several_ddp_tasks(monkeypatch):
     monkeypatch.setenv("SLURM_NTASKS", "2")
+    check_single_process()  # an salloc shell: one process
+    monkeypatch.setenv("SLURM_PROCID", "0")  # a task of a 2-task srun step
     with pytest.raises(UserError, match="stage=train"):
         check_single_process()
 

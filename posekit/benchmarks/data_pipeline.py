@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 import torch
 
 from posekit.config import AugmentConfig, CodecConfig, SyntheticConfig

@@ -45,6 +45,7 @@ from posekit.sweep.chain import (
     Outcome,
     Step,
     StepRunner,
+    artifact_fingerprint,
     derive,
     digest,
     file_fingerprint,
@@ -218,8 +219,9 @@ class Pipeline:
         self.outcomes.append(Outcome(step_id, stage, "blocked", error=why))
 
     def _input_model(self, stage: str, explicit: str | None) -> Artifact | None:
-        """The model a prune/retrain/export step starts from: an explicit ``<stage>.model`` path wins; else the
-        chain's latest model; else the stage's own default (the experiment's files)."""
+        """The model a step starts from: an explicit ``<stage>.model`` path wins; else the chain's latest model;
+        else what the stage itself would read from the experiment (prune: the trained model, retrain: the pruned
+        one, export and eval: the latest of retrained > pruned > trained)."""
         if explicit:
             p = Path(os.path.expanduser(explicit)).resolve()
             tag = p.stem if p.stem != "model" else f"{p.parent.name}-model"  # .../pth-0.2/model.pt -> pth-0.2-model
@@ -229,12 +231,17 @@ class Pipeline:
         if self.failed_inputs:
             self._blocked(stage, stage, f"its input was not produced ({', '.join(sorted(self.failed_inputs))})")
             return None
+        exp = Experiment(self.model_cfg)
+        defaults = {"prune": (exp.trained_model, "trained"), "retrain": (exp.pruned_model(), f"pruned-{exp.pth}")}
         try:
-            path, tag = Experiment(self.model_cfg).latest_model()
+            path, tag = defaults[stage] if stage in defaults else exp.latest_model()
         except UserError as e:
             self._blocked(stage, stage, str(e))
             return None
-        return Artifact(tag, path, "model", tag, file_fingerprint(path))
+        if not path.is_file():
+            self._blocked(stage, stage, f"{path} not found: add the step that makes it to pipeline.steps")
+            return None
+        return Artifact(tag, path, "model", tag, artifact_fingerprint(path, self.layout.models))
 
     def _add_model(self, label: str, path: Path, fp: str) -> None:
         art = Artifact(label, path, "model", label, fp, input_shape=self._eval_hw())
@@ -256,7 +263,10 @@ class Pipeline:
         fp = fingerprint(cfg, TRAIN_SECTIONS)
         path = Experiment(cfg).trained_model
         out = self._run(Step("train", "train", cfg, self.layout.models, fp, lambda r: [path], title="train"))
-        self._add_model("trained", path, fp) if out.ok else self._producer_failed("train", out)
+        if out.ok:
+            self._add_model("trained", path, fp)
+        else:
+            self._producer_failed("train", out)
 
     def _step_prune(self) -> None:
         src = self._input_model("prune", self.cfg.prune.model)
@@ -270,7 +280,6 @@ class Pipeline:
                              title=f"prune {src.label} at pth {exp.pth}"))
         if out.ok:
             self._add_model(label, path, fp)
-            self.artifacts[label].metrics.update({k: out.result.get(k) for k in ("params_ratio", "flops_ratio")})
         else:
             self._producer_failed("prune", out)
 
@@ -284,7 +293,10 @@ class Pipeline:
         path = exp.retrained_model()
         out = self._run(Step(f"retrain-{exp.pth}", "retrain", cfg, self.layout.models, fp, lambda r: [path],
                              title=f"retrain {src.label}"))
-        self._add_model(f"retrained-{exp.pth}", path, fp) if out.ok else self._producer_failed("retrain", out)
+        if out.ok:
+            self._add_model(f"retrained-{exp.pth}", path, fp)
+        else:
+            self._producer_failed("retrain", out)
 
     # ------------------------------------------------------------------ output steps (per point in a sweep)
     def _precisions(self) -> list[str]:
@@ -333,10 +345,15 @@ class Pipeline:
 
     def _step_eval(self) -> None:
         targets = self.current
+        if not targets and not self.failed_inputs:  # eval as the first step: the experiment's latest model
+            src = self._input_model("eval", None)
+            targets = [src] if src is not None else []
+            if src is not None:
+                self.artifacts.setdefault(src.label, src)
         if not targets:
-            why = f"nothing to evaluate: {', '.join(sorted(self.failed_inputs))} failed" if self.failed_inputs else (
-                "no artifact produced before it (put eval after train, retrain or export)")
-            return self._blocked("eval", "eval", why)
+            if self.failed_inputs:
+                self._blocked("eval", "eval", f"nothing to evaluate: {', '.join(sorted(self.failed_inputs))} failed")
+            return
         for art in targets:
             cfg = derive(self.out_cfg, {"stage": "eval", "eval.artifact": str(art.path)})
             fp = fingerprint(cfg, EVAL_SECTIONS, upstream=[art.fingerprint])
@@ -501,8 +518,10 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 def check_single_process() -> None:
     """The pipeline takes file locks and runs steps one after another: one process per job. DDP jobs (several
     SLURM tasks) would deadlock on the locks, so they must use the train stage directly."""
-    ntasks = int(os.environ.get("SLURM_NTASKS", "1") or 1)
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    env = os.environ
+    # tasks of this srun step (an salloc shell has SLURM_NTASKS but no SLURM_PROCID: it is one process)
+    ntasks = int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1")) or 1) if "SLURM_PROCID" in env else 1
+    world = int(env.get("WORLD_SIZE", "1") or 1)
     if ntasks > 1 or world > 1:
         raise UserError(
             f"stage=pipeline runs in one process per job, but this job has SLURM_NTASKS={ntasks}, "

@@ -7,18 +7,20 @@
     slurm_single_node.sh   a throw-away single-node SLURM cluster (tests/test_slurm.py; docs/slurm.md)
 """
 
-from posekit.sweep.chain import ChainLayout, Outcome, Step, StepRunner, fingerprint, model_key
-from posekit.sweep.report import SweepReportCallback, collect, pareto_front, write_report
+from typing import Any
 
-__all__ = [
-    "ChainLayout",
-    "Outcome",
-    "Step",
-    "StepRunner",
-    "SweepReportCallback",
-    "collect",
-    "fingerprint",
-    "model_key",
-    "pareto_front",
-    "write_report",
-]
+from posekit.sweep.chain import ChainLayout, Outcome, Step, StepRunner, fingerprint, model_key
+
+_REPORT = ("SweepReportCallback", "collect", "pareto_front", "write_report")
+
+
+def __getattr__(name: str) -> Any:
+    # report.py is imported on first use, so `python -m posekit.sweep.report` does not import it twice
+    if name in _REPORT:
+        from posekit.sweep import report
+
+        return getattr(report, name)
+    raise AttributeError(name)
+
+
+__all__ = ["ChainLayout", "Outcome", "Step", "StepRunner", "fingerprint", "model_key", *_REPORT]

@@ -120,6 +120,17 @@ def file_fingerprint(path: str | os.PathLike) -> str:
     return digest({"path": str(p.resolve()), "size": st and st.st_size, "mtime": st and st.st_mtime_ns})
 
 
+def artifact_fingerprint(path: str | os.PathLike, folder: str | os.PathLike) -> str:
+    """The fingerprint of the recorded step in ``folder`` that wrote ``path`` (so a chain that starts from an
+    existing model still skips what was done from it), else :func:`file_fingerprint`."""
+    target = str(Path(path).resolve())
+    for rec_path in sorted((Path(folder) / "pipeline" / "steps").glob("*.json")):
+        rec = read_record(rec_path) or {}
+        if rec.get("status") == "ok" and target in (str(Path(a).resolve()) for a in rec.get("artifacts", [])):
+            return rec["fingerprint"]
+    return file_fingerprint(path)
+
+
 # --------------------------------------------------------------------------------------------- derived configs
 def derive(cfg: DictConfig, updates: Mapping[str, Any]) -> DictConfig:
     """A deep copy of ``cfg`` with dotted ``updates`` applied. Struct mode and the schema's types are kept, so a
@@ -393,6 +404,7 @@ __all__ = [
     "Step",
     "StepRunner",
     "config_subset",
+    "artifact_fingerprint",
     "derive",
     "digest",
     "file_fingerprint",

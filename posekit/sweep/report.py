@@ -98,7 +98,7 @@ SWEEP_COLUMNS = [
     Column("point", "point"),
     Column("status", "status"),
     Column("stages", "stages", numeric=True),
-    num("pth", "pth", "g"),
+    num("pth", "pth", ".3g"),
     Column("shape", "shape"),
     Column("precision", "precision"),
     Column("format", "format"),
@@ -223,7 +223,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
 def label(row: Mapping[str, Any]) -> str:
     """``s3 pth0.2 288x384 int8.cpu``: what tells the points of a sweep apart."""
     parts = [f"s{row['stages']}" if row.get("stages") is not None else None,
-             f"pth{row['pth']:g}" if isinstance(row.get("pth"), (int, float)) else None,
+             f"pth{row['pth']:.3g}" if isinstance(row.get("pth"), (int, float)) else None,
              row.get("shape"), row.get("precision")]
     return " ".join(str(p) for p in parts if p)
 
@@ -236,21 +236,27 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> Pa
     fig = Figure(figsize=(9, 6), dpi=120, layout="constrained")
     ax = fig.add_subplot()
     front = pareto_front([(r["latency_ms"], r["AP"]) for r in good])
+    # marker: precision; colour: stage count (the two things a reader compares first)
     precisions = sorted({str(r.get("precision")) for r in good})
     markers = dict(zip(precisions, "osD^v<>pP*"))
+    stage_counts = sorted({r.get("stages") for r in good}, key=lambda s: (s is None, s))
+    colours = {s: f"C{i}" for i, s in enumerate(stage_counts)}
     for prec in precisions:
         sel = [r for r in good if str(r.get("precision")) == prec]
         ax.scatter([r["latency_ms"] for r in sel], [r["AP"] for r in sel], marker=markers[prec], s=36,
-                   color="0.6", edgecolor="0.3", label=prec, zorder=2)
+                   c=[colours[r.get("stages")] for r in sel], edgecolor="0.2", alpha=0.85, label=prec, zorder=2)
+    if len(stage_counts) > 1:
+        for s in stage_counts:
+            ax.scatter([], [], marker="s", c=colours[s], label=f"{s} stages")
     fr = sorted((r for r, f in zip(good, front) if f), key=lambda r: r["latency_ms"])
     if fr:
-        ax.step([r["latency_ms"] for r in fr], [r["AP"] for r in fr], where="post", color="C3", lw=1.5, zorder=1,
-                label="Pareto front")
-        ax.scatter([r["latency_ms"] for r in fr], [r["AP"] for r in fr], s=70, facecolor="none", edgecolor="C3",
+        ax.step([r["latency_ms"] for r in fr], [r["AP"] for r in fr], where="post", color="crimson", lw=1.5,
+                zorder=1, label="Pareto front")
+        ax.scatter([r["latency_ms"] for r in fr], [r["AP"] for r in fr], s=90, facecolor="none", edgecolor="crimson",
                    lw=1.8, zorder=3)
-    for r, f in zip(good, front):
-        ax.annotate(label(r), (r["latency_ms"], r["AP"]), xytext=(4, 3), textcoords="offset points",
-                    fontsize=7 if len(good) <= 30 else 5, color="C3" if f else "0.25")
+    for i, (r, f) in enumerate(zip(good, front)):  # alternate label offsets: neighbours overlap less
+        ax.annotate(label(r), (r["latency_ms"], r["AP"]), xytext=(5, 4 if i % 2 else -9), textcoords="offset points",
+                    fontsize=7 if len(good) <= 30 else 5, color="crimson" if f else "0.25")
     missing = len(rows) - len(good)
     ax.set_title(title + (f"  ({missing} row(s) without AP or latency not shown)" if missing else ""), fontsize=10)
     ax.set_xlabel("latency (ms, batch 1)")
