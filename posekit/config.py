@@ -221,6 +221,7 @@ class RetrainConfig:
     model: Optional[str] = None  # default: the experiment's prune/model.pruned-<pth>.pt
     l1_kernel_reg: float = 0.0  # TAO retrain: regularization off
     max_epochs: Optional[int] = None  # default: trainer.max_epochs
+    max_time: Optional[str] = None  # "DD:HH:MM:SS"; default: trainer.max_time
     lr_scale: float = 1.0
 
 

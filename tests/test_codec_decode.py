@@ -42,63 +42,23 @@ def test_round_trip_coco_sample(coco_sample, skeleton):
     assert metrics["AR"] >= 0.95, metrics
 
 
-def resolvable(skeleton, kps, scale, sigma=7.0, min_parts=DecodeConfig.min_parts):
-    """(P,) bool: people a heatmap + PAF codec can represent as one person in the network input: at least
-    ``min_parts`` labeled joints forming one connected skeleton (no neck without both shoulders cuts arms, legs
-    and head apart) and no joint within 2 sigma of another person's joint of the same type (the encoder's max
-    merges the two peaks)."""
-    lab = kps[..., 2] > 0
-    ok = lab.sum(axis=1) >= min_parts
-    for i in range(len(kps)):
-        parent = list(range(skeleton.num_joints))
-
-        def root(j):
-            while parent[j] != j:
-                j = parent[j]
-            return j
-
-        for a, b in skeleton.limbs:
-            if lab[i, a] and lab[i, b]:
-                parent[root(a)] = root(b)
-        ok[i] &= len({root(j) for j in np.flatnonzero(lab[i])}) == 1
-        for o in range(len(kps)):
-            both = lab[i] & lab[o]
-            if o != i and both.any():
-                d = np.hypot(*(kps[i, both, :2] - kps[o, both, :2]).T) * scale
-                ok[i] &= bool(d.min() >= 2 * sigma)
-    return ok
-
-
 @pytest.mark.skipif(importlib.util.find_spec("posekit.data.synthetic") is None,
                     reason="posekit.data.synthetic (the synthetic dataset generator) is not in this tree yet")
-def test_round_trip_synthetic_val(skeleton, tmp_path):
+def test_round_trip_synthetic_val(skeleton):
+    # Every annotated person of the synthetic val set, as COCO eval counts them: the generator places people so
+    # a bottom-up codec can recover them (torso in frame, linked joints, same joints >= 2 sigma apart).
     from posekit.data.synthetic import ensure_synthetic
     from tests.conftest import compose
 
-    cfg = compose("data.synthetic.num_train=1", "data.synthetic.num_val=40")  # default scenes, fewer of them
+    cfg = compose("data.synthetic.num_train=1", "data.synthetic.num_val=60")  # default scenes, fewer of them
     ann = ensure_synthetic(cfg.data.synthetic, skeleton)["val_ann"]
-    detections = round_trip_detections(ann, skeleton)
-    raw = evaluate_detections(ann, detections, skeleton, print_table=False)
-    # Score on the people the codec can represent; the others are marked ignored (num_keypoints = 0), so
-    # detections of them neither count nor hurt. The crowded scenes make ~25% of people unresolvable.
     data = json.loads(ann.read_text())
-    kept = total = 0
-    for im in data["images"]:
-        anns = [a for a in data["annotations"] if a["image_id"] == im["id"] and a["num_keypoints"] > 0]
-        if not anns:
-            continue
-        kps = skeleton.to_network(np.array([a["keypoints"] for a in anns], np.float32).reshape(len(anns), -1))
-        scale = strict_affine((im["height"], im["width"]), INPUT_HW)[0, 0]
-        for a, ok in zip(anns, resolvable(skeleton, kps, scale)):
-            a["num_keypoints"] = a["num_keypoints"] if ok else 0
-            kept, total = kept + ok, total + 1
-    resolvable_ann = tmp_path / "resolvable.json"
-    resolvable_ann.write_text(json.dumps(data))
-    metrics = evaluate_detections(resolvable_ann, detections, skeleton, print_table=False)
-    print(f"synthetic round trip: AP {raw['AP']:.3f} on all {total} people, {metrics['AP']:.3f} on {kept} resolvable")
-    assert kept >= 0.6 * total
+    people = sum(a["num_keypoints"] > 0 and not a["iscrowd"] for a in data["annotations"])
+    metrics = evaluate_detections(ann, round_trip_detections(ann, skeleton), skeleton, print_table=False)
+    print(f"synthetic val round trip at {INPUT_HW[0]}x{INPUT_HW[1]}: AP {metrics['AP']:.3f} AR {metrics['AR']:.3f} "
+          f"on all {people} annotated people of {len(data['images'])} images")
+    assert people >= 2 * len(data["images"])  # multi-person scenes, not a trivially easy set
     assert metrics["AP"] >= 0.95, metrics
-    assert raw["AP"] >= 0.75, raw  # the unresolvable people cost AP, but most people come back
 
 
 def _person(skeleton, rng, center, height):

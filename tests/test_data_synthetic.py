@@ -13,7 +13,7 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from posekit.config import SyntheticConfig
+from posekit.config import DecodeConfig, SyntheticConfig
 from posekit.data import synthetic
 from posekit.data.synthetic import VAL_MAX_PEOPLE, ensure_synthetic
 from tests.conftest import compose
@@ -69,6 +69,7 @@ def test_generated_once_then_reused_and_never_left_half_written(tmp_path, skelet
 
 def test_coco_format_is_valid_and_has_the_hard_cases(hard_set, skeleton):
     seen_v, kinds = Counter(), Counter()
+    torso = [skeleton.dataset_joints.index(n) for n in ("left_shoulder", "right_shoulder", "left_hip", "right_hip")]
     for split in ("train", "val"):
         coco = _coco(hard_set[f"{split}_ann"])
         assert coco.loadCats(1)[0] == skeleton.coco_category()
@@ -92,14 +93,29 @@ def test_coco_format_is_valid_and_has_the_hard_cases(hard_set, skeleton):
                     assert ann["area"] == mask.sum() > 0
                     continue
                 kinds["annotated" if ann["num_keypoints"] else "unannotated"] += 1
+                if ann["num_keypoints"]:  # recoverable by construction: the whole torso, so neck and >= min_parts
+                    assert (kps[torso, 2] > 0).all() and ann["num_keypoints"] >= DecodeConfig.min_parts
                 assert isinstance(ann["segmentation"], list)
                 assert abs(mask.sum() - ann["area"]) <= 0.3 * ann["area"] + 20  # polygon of the visible pixels
                 # visible keypoints sit on the person's own pixels; covered ones (v=1) mostly do not
                 vis = np.round(kps[kps[:, 2] == 2, :2]).astype(int)
                 if len(vis):
                     assert mask[vis[:, 1], vis[:, 0]].mean() >= 0.8
+            _assert_same_joints_apart(coco, img, min_gap=synthetic._MIN_JOINT_GAP * max(img["height"], img["width"]))
     assert seen_v[0] and seen_v[1] and seen_v[2], seen_v
     assert kinds["crowd"] and kinds["unannotated"] and kinds["annotated"] > kinds["unannotated"], kinds
+
+
+def _assert_same_joints_apart(coco, img, min_gap):
+    """Corresponding labeled joints of two annotated people of an image are >= min_gap px apart (their
+    heatmap peaks would merge otherwise)."""
+    anns = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=img["id"], iscrowd=False)) if a["num_keypoints"]]
+    kps = np.array([a["keypoints"] for a in anns], float).reshape(len(anns), -1, 3)
+    for i in range(len(kps)):
+        for o in range(i):
+            both = (kps[i, :, 2] > 0) & (kps[o, :, 2] > 0)
+            if both.any():
+                assert np.hypot(*(kps[i, both, :2] - kps[o, both, :2]).T).min() >= min_gap - 0.02  # 2-decimal rounding
 
 
 def test_val_images_hold_at_most_20_people(tmp_path, skeleton):

@@ -59,6 +59,30 @@ def test_the_sweeps_named_in_the_issue_sweep_what_they_say():
     assert len(params("tiny")) == 2 and all(len(v) == 2 for v in params("tiny").values())
 
 
+def _launcher(*overrides: str) -> dict:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    compose()  # POSEKIT_ROOT + schema, as launch.py
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    return OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+
+
+def test_slurm_launcher_takes_its_task_layout_from_the_trainer():
+    slurm = _launcher("hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2")
+    assert slurm["_target_"].endswith("SlurmLauncher")
+    assert (slurm["nodes"], slurm["tasks_per_node"], slurm["gpus_per_node"]) == (2, 4, 4)  # one task per GPU
+    assert slurm["max_num_timeout"] > 0 and slurm["signal_delay_s"] > 0  # submitit owns requeueing
+    assert any(line.startswith(f"export PYTHONPATH={ROOT}") for line in slurm["setup"])
+    local = _launcher("hydra/launcher=local", "+sweep=tiny")
+    assert local["_target_"].endswith("LocalLauncher") and local["tasks_per_node"] == 1
+    assert local["submitit_folder"].endswith("sweeps/tiny/.submitit/%j")
+    # and the way a user checks it composes
+    proc = run_cli("hydra/launcher=slurm", "--cfg", "hydra", timeout=60)
+    assert "submitit_slurm" in proc.stdout or "SlurmLauncher" in proc.stdout
+
+
 # --------------------------------------------------------------------------------------------- report units
 def write_point(sweep: Path, name: str, *, rows=None, error=None, pth=0.2, shape="128x128", summary=True,
                 running=False) -> Path:

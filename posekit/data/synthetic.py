@@ -50,11 +50,12 @@ from posekit.skeleton import Skeleton
 log = logging.getLogger("posekit.data")
 
 # Bump when the renderer changes what it draws or writes: cached datasets of older versions are not reused.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 JPEG_QUALITY = 90
 VAL_MAX_PEOPLE = 20  # COCO keypoint eval keeps 20 detections per image: more GT people would cap recall
 SPLITS = ("train", "val")
 _IMAGES_PER_PROCESS = 64  # at least this many images per generating process (process start-up costs ~0.1 s)
+_POLYGON_TOLERANCE = 1.0  # px: Douglas-Peucker tolerance of the segmentation polygons (people >= 100 px)
 _SHIFT = 4  # cv2 drawing with 4 fractional bits: coordinates are placed to 1/16 px
 _ONE = 1 << _SHIFT
 
@@ -433,6 +434,60 @@ def _sample_person(
     return _Person({k: to_img(v) for k, v in j.items()}, prims)
 
 
+# ---------------------------------------------------------------------------------------------- placement rules
+# Annotated people are placed so that a bottom-up codec (heatmaps + PAFs at stride 8) can recover them from
+# perfect maps, as COCO leaves barely visible people unannotated (see docs/data.md, "Placement rules").
+_TORSO = ("left_shoulder", "right_shoulder", "left_hip", "right_hip")
+# Each joint's neighbours on the way to the torso (the skeleton's limbs; the neck is the shoulders' midpoint, so
+# the nose hangs off the torso and an ear off its eye or shoulder). Listed parents first.
+_PARENTS: dict[str, tuple[str, ...]] = {
+    **{name: () for name in _TORSO},
+    "nose": _TORSO[:2], "left_eye": ("nose",), "right_eye": ("nose",),
+    "left_ear": ("left_eye", "left_shoulder"), "right_ear": ("right_eye", "right_shoulder"),
+    "left_elbow": ("left_shoulder",), "right_elbow": ("right_shoulder",),
+    "left_wrist": ("left_elbow",), "right_wrist": ("right_elbow",),
+    "left_knee": ("left_hip",), "right_knee": ("right_hip",),
+    "left_ankle": ("left_knee",), "right_ankle": ("right_knee",),
+}  # fmt: skip
+_CHECKED = (*RENDERED_JOINTS, "neck")  # the neck is a network joint too: its heatmap peaks can merge as well
+# Corresponding joints of two annotated people stay this far apart (fraction of the image's longer side).
+# 0.05 x 512 px = 25.6 px, i.e. 19 px = 2.7 heatmap sigmas (7 px) at the default 288x384 network input: the
+# two peaks stay apart on the stride-8 grid instead of merging into one (the encoder takes the max of them).
+_MIN_JOINT_GAP = 0.05
+_PLACEMENT_TRIES = 30  # resamples of an annotated person before the scene does without it
+
+
+def _check_points(joints: Mapping[str, np.ndarray], h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Joints in :data:`_CHECKED` order: ((J, 2) pixel coordinates, (J,) bool inside the image)."""
+    xy = np.stack([joints[n] for n in RENDERED_JOINTS] + [(joints["left_shoulder"] + joints["right_shoulder"]) / 2])
+    inside = (xy[:, 0] >= 0) & (xy[:, 0] <= w - 1) & (xy[:, 1] >= 0) & (xy[:, 1] <= h - 1)
+    return xy, inside
+
+
+def _recoverable(inside: np.ndarray) -> bool:
+    """Whether the joints inside the frame form one skeleton a decoder can assemble: the whole torso (so the
+    neck exists and joins arms, legs and head) and every other labeled joint linked to it through labeled
+    joints (a wrist whose elbow left the frame would be a stray fragment). At least 4 torso joints + the neck
+    are labeled, more than the decoder's ``min_parts``."""
+    on = dict(zip(_CHECKED, inside.tolist()))
+    if not all(on[n] for n in _TORSO):
+        return False
+    linked: dict[str, bool] = {}
+    for name, parents in _PARENTS.items():  # parents come first
+        linked[name] = on[name] and (not parents or any(linked[p] for p in parents))
+    return linked == {n: on[n] for n in _PARENTS}
+
+
+def _separated(xy: np.ndarray, inside: np.ndarray, others: list[tuple[np.ndarray, np.ndarray]], gap: float) -> bool:
+    """Whether every labeled joint of a person ((J, 2), (J,) from :func:`_check_points`) is at least ``gap`` px
+    from the same joint of each of ``others``. Bodies may still overlap and occlude each other."""
+    for oxy, oin in others:
+        both = inside & oin
+        if both.any() and np.hypot(*(xy[both] - oxy[both]).T).min() < gap:
+            return False
+    return True
+
+
 # ---------------------------------------------------------------------------------------------- scene
 class _Scene:
     """One image being rendered: background, distractors, crowd, people; then its COCO annotations."""
@@ -516,6 +571,12 @@ class _Scene:
         self.crowd = region.astype(bool)
 
     def _place_people(self, num_people: int, max_total: int | None) -> None:
+        """Pose, scale, rotate and place the people; annotated ones only where a bottom-up decoder can find them.
+
+        An annotated person is resampled (up to ``_PLACEMENT_TRIES`` times, then left out) unless it is
+        :func:`_recoverable` in the frame and :func:`_separated` from the annotated people already placed.
+        Unannotated people (masked out of the loss, absent from the eval) may go anywhere.
+        """
         rng, h, w = self.rng, self.h, self.w
         lo, hi = self.params["person_height"]
         extra = 0
@@ -526,19 +587,30 @@ class _Scene:
         if extra:
             annotated[rng.choice(total, min(extra, total - 1), replace=False)] = False
         heights = rng.uniform(lo, hi, total) * h
-        centers = []
-        for i in range(total):
-            if centers and rng.random() < 0.35:  # next to someone already placed: overlaps are common
-                c = centers[int(rng.integers(len(centers)))] + rng.normal(0, 0.25, 2) * heights[i]
-            else:
-                c = rng.uniform([0.05 * w, 0.15 * h], [0.95 * w, 0.85 * h])
-            centers.append(c)
         rotations = np.where(rng.random(total) < 0.85, rng.normal(0, 8, total), rng.uniform(-60, 60, total))
-        order = np.argsort(heights + rng.normal(0, 0.1 * h, total))  # roughly: smaller (farther) ones behind
-        for i in order:
-            person = _sample_person(rng, heights[i], centers[i], float(rotations[i]))
-            person.annotated = bool(annotated[i])
-            self.people.append(person)
+        gap = _MIN_JOINT_GAP * max(h, w)
+        placed: list[tuple[float, np.ndarray, _Person]] = []  # (depth key, centre, person)
+        kept: list[tuple[np.ndarray, np.ndarray]] = []  # (joints, in-frame) of the annotated people placed
+        for i in range(total):
+            for _ in range(_PLACEMENT_TRIES if annotated[i] else 1):
+                if placed and rng.random() < 0.35:  # next to someone already placed: overlaps are common
+                    anchor = placed[int(rng.integers(len(placed)))][1]
+                    c = anchor + rng.normal(0, 0.25, 2) * heights[i]
+                else:
+                    c = rng.uniform([0.05 * w, 0.15 * h], [0.95 * w, 0.85 * h])
+                person = _sample_person(rng, heights[i], c, float(rotations[i]))
+                person.annotated = bool(annotated[i])
+                if not person.annotated:
+                    break
+                xy, inside = _check_points(person.joints, h, w)
+                if _recoverable(inside) and _separated(xy, inside, kept, gap):
+                    kept.append((xy, inside))
+                    break
+            else:
+                continue  # no recoverable placement in crowded scenes: one person fewer
+            placed.append((heights[i] + rng.normal(0, 0.1 * h), c, person))
+        order = np.argsort([depth for depth, _, _ in placed], kind="stable")  # roughly: smaller (farther) behind
+        self.people = [placed[k][2] for k in order]
 
     def render(self, num_people: int, max_total: int | None = None) -> np.ndarray:
         """Draw the scene; returns (H, W, 3) uint8 RGB. People are drawn in ``self.people`` order (back first)."""
@@ -604,16 +676,18 @@ def _polygons(mask: np.ndarray) -> list[list[float]]:
 
     Contours through boundary-pixel centres would lose half of every boundary pixel when pycocotools rasterizes
     them (a third of a 3 px limb), so they are traced on the mask upsampled 2x: the outline then runs a quarter
-    pixel inside the true edge, and rasterizes back to the mask (IoU ~0.99). Douglas-Peucker with a 0.5 px
-    tolerance keeps the JSON small.
+    pixel inside the true edge, and rasterizes back to the mask. Douglas-Peucker with a 1 px tolerance (in
+    image pixels) keeps ~55 vertices per person instead of ~280, and the JSON small (mean IoU with the mask 0.96).
     """
     x0, y0, w, h = cv2.boundingRect(mask)
     up = cv2.resize(mask[y0 : y0 + h, x0 : x0 + w], (2 * w, 2 * h), interpolation=cv2.INTER_NEAREST)
     up = cv2.copyMakeBorder(up, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     contours, _ = cv2.findContours(up, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    # small people have 1-3 px limbs, which a 1 px tolerance would shave off: their tolerance shrinks with them
+    tol = float(np.clip(max(w, h) / 100, 0.5, 1.0)) * _POLYGON_TOLERANCE
     polys = []
     for c in contours:
-        c = cv2.approxPolyDP(c, 1.0, True).reshape(-1, 2)
+        c = cv2.approxPolyDP(c, 2 * tol, True).reshape(-1, 2)  # 2x: upsampled units
         if len(c) >= 3:
             xy = (c - 1 + 0.5) / 2.0 + (x0, y0)  # upsampled pixel u (after the pad) is centred at (u + 0.5) / 2
             polys.append([round(float(v), 2) for v in xy.ravel()])

@@ -461,7 +461,7 @@ class Pipeline:
                        "sweep_dir": str(self.layout.sweep_dir) if self.layout.sweep_dir else None},
             "overrides": hc["overrides"] if hc else None,
         }
-        table = format_rows(rows)
+        table = format_rows(rows) if rows else "(no artifact was produced)"
         md = [
             f"# Pipeline: `{self.layout.outputs.name}`",
             "",

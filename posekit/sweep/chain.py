@@ -300,6 +300,15 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=default))
 
 
+def one_line(message: str) -> str:
+    """A message for a table cell: its first line, plus its last when they differ (a DataLoader worker's error
+    reads "Caught UserError in DataLoader worker process 0." ... "posekit.errors.UserError: <what happened>")."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else message
+    return f"{lines[0]} ... {lines[-1]}"
+
+
 def _is_job_control(e: BaseException) -> bool:
     """Exceptions that end the job rather than the step: submitit raises them from its signal handler (pre-emption,
     time-out) wherever the job happens to be. SystemExit and KeyboardInterrupt are not caught at all."""
@@ -387,8 +396,8 @@ class StepRunner:
             log.error("%s: failed after %.1fs: %s", step.title or step.id, seconds, error, exc_info=True)
             io.write_json(step.record_path, {**base, "status": "failed", "error": error, "finished": _now(),
                                              "seconds": seconds, "traceback": traceback.format_exc()})
-            return Outcome(step.id, step.stage, "failed", error=error, seconds=seconds, folder=str(step.folder),
-                           title=step.title)
+            return Outcome(step.id, step.stage, "failed", error=one_line(error), seconds=seconds,
+                           folder=str(step.folder), title=step.title)
         seconds = time.perf_counter() - t0
         result = _jsonable(result)
         io.write_json(step.record_path, {**base, "status": "ok", "finished": _now(), "seconds": seconds,
@@ -403,8 +412,8 @@ __all__ = [
     "Outcome",
     "Step",
     "StepRunner",
-    "config_subset",
     "artifact_fingerprint",
+    "config_subset",
     "derive",
     "digest",
     "file_fingerprint",
@@ -413,6 +422,7 @@ __all__ = [
     "is_done",
     "model_config",
     "model_key",
+    "one_line",
     "read_record",
     "step_lock",
 ]
