@@ -68,7 +68,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             net=net,
         )
 
-    result = fit(cfg, stage_dir, make_module, max_epochs=max_epochs, model_meta=meta, on_arch_change="restart")
+    result = fit(cfg, stage_dir, make_module, max_epochs=max_epochs, max_time=cfg.retrain.max_time, model_meta=meta,
+                 on_arch_change="restart")
     if not result.is_global_zero:
         return {}
     metrics = stage_metrics(result)

@@ -209,6 +209,7 @@ def fit(
     make_module: Callable[[], PoseModule],
     *,
     max_epochs: int,
+    max_time: str | None = None,
     model_meta: dict[str, Any] | None = None,
     on_arch_change: str = "error",
 ) -> FitResult:
@@ -278,7 +279,7 @@ def fit(
         precision=precision,
         max_epochs=max_epochs,
         max_steps=int(tr.max_steps),
-        max_time=tr.max_time,
+        max_time=max_time if max_time is not None else tr.max_time,
         limit_train_batches=tr.limit_train_batches,
         limit_val_batches=tr.limit_val_batches if val.loss else 0,
         check_val_every_n_epoch=int(tr.check_val_every_n_epoch) if val.loss else 1,
