@@ -13,7 +13,13 @@ from torch import nn
 
 from posekit.model.bpnet import BpNetLite
 from posekit.train.loss import conv_kernels, l1_penalty, masked_l2, pose_loss
-from posekit.train.optim import build_optimizer, cosine_factor, param_groups, softstart_annealing_factor
+from posekit.train.optim import (
+    build_optimizer,
+    cosine_factor,
+    param_groups,
+    softstart_annealing_factor,
+    with_time_budget,
+)
 
 from tests.conftest import run_cli
 
@@ -176,3 +182,102 @@ def test_cosine_warmup_then_decay_to_min():
     assert all(a >= b for a, b in zip(values[20:], values[21:]))
     assert values[200] == pytest.approx(1e-3)
     assert values[110] == pytest.approx(1e-3 + (1 - 1e-3) * 0.5, rel=1e-6)  # half-way through the decay
+
+
+def test_time_budget_advances_the_schedule():
+    """Under trainer.max_time the schedule follows the clock when that is further along than the steps."""
+    f = cosine_factor(total_steps=1000, warmup=0.0, min_ratio=0.0)
+    clock = {"fraction": 0.0}
+    timed = with_time_budget(f, 1000, lambda: clock["fraction"])
+    assert timed(10) == pytest.approx(f(10))  # clock behind the steps: steps rule
+    clock["fraction"] = 0.5
+    assert timed(10) == pytest.approx(f(500)) == pytest.approx(0.5)
+    clock["fraction"] = 1.0
+    assert timed(10) == pytest.approx(0.0)  # budget spent: fully decayed
+    assert with_time_budget(f, 1000, None) is f
+
+
+# --------------------------------------------------------------------------------------------- CLI, end to end
+def _summary(stage_dir: Path) -> dict:
+    return json.loads((stage_dir / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """One epoch of preset=tiny through the CLI; returns the experiment folder."""
+    root = tmp_path_factory.mktemp("train-cli")
+    run_cli("stage=train", "preset=tiny", f"experiment.root={root}")
+    return root / "default"
+
+
+@pytest.mark.slow
+def test_train_cli_writes_checkpoints_model_and_summary(tiny_run):
+    from posekit.model import load_model
+
+    train = tiny_run / "train"
+    last, best = train / "checkpoints" / "last.ckpt", train / "checkpoints" / "best.ckpt"
+    for path in (last, best, train / "model.pt", train / "summary.json"):
+        assert path.is_file(), path
+    assert list((train / "csv").glob("version_*/metrics.csv")) and list((train / "tensorboard").glob("version_*"))
+
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)  # plain containers only
+    hp = ckpt["hyper_parameters"]
+    assert hp["arch"]["stages"] == 2 and hp["arch"]["num_heatmaps"] == 19 and hp["arch"]["num_pafs"] == 38
+    assert isinstance(hp["config"], dict) and hp["config"]["stage"] == "train"
+    assert all(k.startswith("net.") for k in ckpt["state_dict"])
+
+    # the checkpoints and model.pt load as networks; model.pt has the weights of the checkpoint it names
+    net_pt, info = load_model(train / "model.pt")
+    assert info["meta"]["checkpoint"] in ("best.ckpt", "last.ckpt")
+    net_ckpt, _ = load_model(train / "checkpoints" / info["meta"]["checkpoint"])
+    assert info["meta"]["source"] == "trained" and info["meta"]["input_shape"] == [128, 128]
+    for (k, a), (_, b) in zip(net_ckpt.state_dict().items(), net_pt.state_dict().items()):
+        assert torch.equal(a, b), k
+
+    s = _summary(train)
+    assert s["stage"] == "train"
+    m = s["metrics"]
+    assert m["epochs"] == 1 and m["global_step"] == 3  # tiny: limit_train_batches=3
+    assert math.isfinite(m["train/loss"]) and m["train/loss"] > 0
+    assert 0.0 <= m["val/AP"] <= 1.0  # computed by the evaluator (tiny is far too short to learn)
+    assert m["train/images_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_rerun_with_more_epochs_resumes_from_last_ckpt(tiny_run):
+    train = tiny_run / "train"
+    steps_before = torch.load(train / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    proc = run_cli("stage=train", "preset=tiny", f"experiment.root={tiny_run.parent}", "trainer.max_epochs=2")
+    assert "Restored all states from the checkpoint" in proc.stdout + proc.stderr
+    s = _summary(train)
+    assert s["resumed_from"] == str(train / "checkpoints" / "last.ckpt")
+    ckpt = torch.load(train / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["epoch"] == 1  # the second epoch ran, the first was not repeated
+    assert ckpt["global_step"] == s["metrics"]["global_step"] == 2 * steps_before
+    assert s["metrics"]["epochs"] == 2  # per-epoch history survives the restart
+    assert s["metrics"]["train/loss_first_epoch"] == pytest.approx(s["figures"]["first_epoch_train_loss"])
+
+
+@pytest.mark.slow
+def test_pruned_model_retrains_through_the_cli(tiny_run):
+    prune = pytest.importorskip("posekit.prune.threshold", reason="the prune engineer's module is not there yet")
+    from posekit.model import load_model, save_model
+
+    net, info = load_model(tiny_run / "train" / "model.pt")
+    with torch.no_grad():  # a barely trained net has no small filters: make half of one layer's prunable
+        net.backbone.block_3b.conv.weight[: net.backbone.block_3b.conv.out_channels // 2] = 0.0
+    pruned, history, _ = prune.prune_model(net, {"pth": 0.5}, [128, 128])
+    assert pruned.backbone.block_3b.conv.out_channels < net.backbone.block_3b.conv.out_channels
+    target = tiny_run / "prune" / "model.pruned-0.5.pt"
+    save_model(target, pruned, pruning_history=history, **info["meta"])
+
+    run_cli("stage=retrain", "preset=tiny", f"experiment.root={tiny_run.parent}", "prune.pth=0.5")
+    out = tiny_run / "retrain" / "pth-0.5"
+    s = _summary(out)
+    assert s["stage"] == "retrain" and s["metrics"]["global_step"] == 3
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["pruning_history"] == history
+    assert ckpt["hyper_parameters"]["optim"]["l1_kernel_reg"] == 0.0  # TAO's retrain: regularization off
+    retrained, rinfo = load_model(out / "model.pt")  # replays the pruning history, then loads the weights
+    assert rinfo["meta"]["source"] == "retrained-0.5"
+    assert [p.shape for p in retrained.parameters()] == [p.shape for p in pruned.parameters()]

@@ -13,7 +13,9 @@ number of processes. A scene holds:
 * optionally a *crowd*: a cluster of small people annotated as one ``iscrowd=1`` region (RLE);
 * ``min_people..max_people`` articulated people (torso polygon, tapered limbs, head ellipse with eyes, ears and
   nose) posed by a kinematic model (standing, walking, arms up, crouching, free), scaled, rotated and placed at
-  random, drawn back to front so they occlude each other;
+  random, drawn back to front so they occlude each other. Annotated people are only placed where a bottom-up
+  decoder can recover them: torso in the frame, every labeled joint linked to it, and no joint close to the same
+  joint of another annotated person (:func:`_recoverable`, :func:`_separated`);
 * optionally a drawn but unannotated person (``num_keypoints = 0``), which the loss masks out like COCO's.
 
 Keypoints are written in pixel-index coordinates (pixel k's centre is at k, the posekit convention) exactly where

@@ -218,6 +218,8 @@ def fit(
 
     The seed is set before the module is built, so initial weights, augmentation and shuffling repeat.
     ``model_meta`` is stored in ``model.pt`` next to the network (skeleton, input shape, source...).
+    ``max_time`` ("DD:HH:MM:SS", default ``trainer.max_time``) boxes the run; the learning-rate schedule then
+    also completes within it.
     ``on_arch_change``: what to do when ``last.ckpt`` holds another network than ``make_module()`` builds:
     ``"error"`` (train: a changed ``model.*`` in an existing experiment is most likely a mistake, and starting
     over would overwrite that run's checkpoints) or ``"restart"`` (retrain: the pruned model was re-made, the old
@@ -326,6 +328,10 @@ def fit(
     result.best_ckpt = best if best is not None and best.is_file() else None
     result.last_ckpt = last if last is not None and last.is_file() else None
     source = result.best_ckpt or result.last_ckpt
+    if val.monitor == "val/AP" and best_cb.best_model_score is not None and float(best_cb.best_model_score) <= 0:
+        # AP never rose above 0, so "best" is merely the first evaluated epoch: the last weights are better.
+        log.info("val/AP stayed at 0: model.pt takes the last weights, not %s", result.best_ckpt)
+        source = result.last_ckpt or source
     if source is None:
         raise UserError(f"training produced no checkpoint in {ckpt_dir} (0 steps run?); check trainer.* limits")
     result.weights = "best" if source == result.best_ckpt else "last"
@@ -344,7 +350,8 @@ def fit(
     net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
     meta = {
         **(model_meta or {}),
-        "weights": f"{result.weights} ({source.name})",
+        "weights": result.weights,
+        "checkpoint": source.name,
         "epochs": figures["epochs"],
         "best_val_AP": figures.get("best_val_AP"),
     }

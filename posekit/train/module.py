@@ -7,12 +7,13 @@ and ``posekit.model.load_model`` reads them directly (state-dict keys ``net.*``)
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from pytorch_lightning.callbacks import Timer
 
 from posekit.model.bpnet import BpNetLite, build_model
 from posekit.train.loss import conv_kernels, l1_penalty, pose_loss
@@ -125,6 +126,19 @@ class PoseModule(pl.LightningModule):
         )
 
     # ------------------------------------------------------------------ optimizer
+    def _time_fraction(self) -> Callable[[], float] | None:
+        """elapsed / ``trainer.max_time`` (Lightning's Timer, which keeps the elapsed time across resumes)."""
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        if timer is None:
+            return None
+
+        def fraction() -> float:
+            elapsed = timer.time_elapsed("train")
+            budget = elapsed + (timer.time_remaining("train") or 0.0)
+            return elapsed / budget if budget > 0 else 0.0
+
+        return fraction
+
     def configure_optimizers(self) -> dict[str, Any]:
         total = self.trainer.estimated_stepping_batches
         if not isinstance(total, int) or total <= 0:
@@ -133,5 +147,7 @@ class PoseModule(pl.LightningModule):
                 f"cannot build the learning-rate schedule: {total} optimizer steps. "
                 "Set trainer.max_epochs (>= 1) or trainer.max_steps."
             )
-        opt, sched = build_optimizer(self.net, self.hparams["optim"], total, self.hparams["lr_scale"])
+        opt, sched = build_optimizer(
+            self.net, self.hparams["optim"], total, self.hparams["lr_scale"], time_fraction=self._time_fraction()
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
