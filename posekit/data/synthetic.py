@@ -206,11 +206,16 @@ def _generate(params: dict, root: Path, workers: int) -> None:
         bar = tqdm(total=len(jobs), desc="synthetic data", unit="img", dynamic_ncols=True)
         with bar, contextlib.ExitStack() as stack:
             if workers > 1:
-                # fork on Linux (as DataLoader workers): spawn would re-import the caller's __main__, which in a
-                # script without a main guard would wait on our lock forever. An executor (not mp.Pool) fails
-                # loudly if a worker dies instead of respawning it.
-                method = "fork" if sys.platform.startswith("linux") else "spawn"
-                pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=_worker_init)
+                # Not fork: forking a parent whose OpenMP/OpenCV thread pools already ran can deadlock the child
+                # on an inherited lock (seen here once). A fork server starts clean. As with any spawn/forkserver
+                # pool, a script calling this needs an `if __name__ == "__main__":` guard (posekit's entry points
+                # have one). An executor (not mp.Pool) fails loudly if a worker dies instead of respawning it.
+                if sys.platform.startswith("linux"):
+                    ctx = mp.get_context("forkserver")
+                    ctx.set_forkserver_preload([__name__])
+                else:
+                    ctx = mp.get_context("spawn")
+                pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init)
                 stack.callback(pool.shutdown, wait=True, cancel_futures=True)  # Ctrl-C: drop the queued images
                 it = pool.map(_render_to_file, args, chunksize=8)
             else:
