@@ -57,7 +57,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--phase", choices=["train", "rest", "ddp"], required=True)
     ap.add_argument("--out", default=".")
-    ap.add_argument("--ddp-seconds", type=int, default=45)
+    ap.add_argument("--ddp-seconds", type=int, default=30)
     args = ap.parse_args()
     os.environ.setdefault("POSEKIT_CACHE", str(ROOT / ".cache"))
     import torch
