@@ -10,7 +10,10 @@ import os
 from pathlib import Path
 
 # The sweeps/ search path is absolute (conf/config.yaml), so +sweep=... works from any directory.
-os.environ.setdefault("POSEKIT_ROOT", str(Path(__file__).resolve().parent))
+ROOT = str(Path(__file__).resolve().parent)
+os.environ.setdefault("POSEKIT_ROOT", ROOT)
+# Launcher workers (submitit local/SLURM) start a fresh interpreter elsewhere: let them import posekit from here.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402

@@ -25,6 +25,16 @@ def stage_module(name: str) -> Any:
     return importlib.import_module(f"posekit.stages.{name}")
 
 
+def _multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # not under Hydra (tests calling run_stage directly)
+        return False
+
+
 def run_stage(cfg: DictConfig) -> float | None:
     stage = cfg.stage.value if hasattr(cfg.stage, "value") else str(cfg.stage)
     try:
@@ -34,6 +44,8 @@ def run_stage(cfg: DictConfig) -> float | None:
     except UserError as e:
         log.error("%s", e)
         print(f"posekit: error: {e}", file=sys.stderr)
+        if _multirun():  # one bad point must not end the whole sweep: the report shows it as failed
+            return None
         sys.exit(2)
     main = getattr(module, "MAIN_METRIC", None)
     value = metrics.get(main) if main else None

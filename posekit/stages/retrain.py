@@ -40,6 +40,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     try:
         net, info = load_model(source)
+        net.train()  # load_model returns eval mode; Lightning keeps a submodule's mode, so BN would stay frozen
     except (ValueError, KeyError, RuntimeError) as e:
         raise UserError(f"cannot load the pruned model {source}: {e}") from e
     stage_dir = exp.retrain_dir()
