@@ -244,7 +244,9 @@ class Pipeline:
         return Artifact(tag, path, "model", tag, artifact_fingerprint(path, self.layout.models))
 
     def _add_model(self, label: str, path: Path, fp: str) -> None:
-        art = Artifact(label, path, "model", label, fp, input_shape=self._eval_hw())
+        # torch models run (eval, bench) at the torch backend's precision
+        art = Artifact(label, path, "model", label, fp, precision=str(self.cfg.runtime.torch_precision),
+                       input_shape=self._eval_hw())
         self.artifacts[label] = art
         self.model = art
         self.current = [art]
