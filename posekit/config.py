@@ -214,6 +214,7 @@ class TrainConfig:
     val_max_images: Optional[int] = 100
     save_top_k: int = 1
     checkpoint_every_n_steps: int = 0  # 0: last.ckpt every epoch; N: every N steps (long COCO epochs)
+    head_init: str = "kaiming"  # kaiming (He; trains from scratch far faster) | tao (N(0, 0.01), docs/training.md)
 
 
 @dataclass
@@ -374,6 +375,8 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg.data.name, "data.name", ["synthetic", "coco"])
     _choice(cfg.optim.name, "optim.name", ["adamw", "sgd"])
     _choice(cfg.optim.schedule, "optim.schedule", ["cosine", "softstart_annealing"])
+    _choice(cfg.train.monitor, "train.monitor", ["val/AP", "val/loss", "train/loss"])
+    _choice(cfg.train.head_init, "train.head_init", ["kaiming", "tao"])
     _choice(cfg.runtime.mode, "runtime.mode", ["strict", "adjust"])
     _choice(cfg.runtime.torch_precision, "runtime.torch_precision", ["fp32", "fp16", "bf16"])
     _choice(cfg.export.data_format, "export.data_format", ["channels_first", "channels_last"])

@@ -12,6 +12,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+import torch
 from pycocotools.coco import COCO
 
 from posekit.codec.encode import cell_centers
@@ -92,8 +93,9 @@ def test_items_have_the_documented_shapes(coco_sample, skeleton):
     for ds in (train, val):
         for i in range(len(ds)):
             item = ds[i]
-            assert item["image"].shape == (3, H, W) and item["image"].dtype.is_floating_point
-            assert -0.5 <= float(item["image"].min()) and float(item["image"].max()) < 0.5
+            assert item["image"].shape == (3, H, W) and item["image"].dtype == torch.uint8  # normalized on device
+            if not ds.train:  # deterministic: the item is the sample's image, channels first
+                assert torch.equal(item["image"], torch.from_numpy(ds.sample(i)["image"]).permute(2, 0, 1))
             assert item["heatmaps"].shape == (skeleton.num_heatmaps, h, w)
             assert item["pafs"].shape == (skeleton.num_pafs, h, w)
             assert item["mask"].shape == (1, h, w) and 0 <= float(item["mask"].min()) <= float(item["mask"].max()) <= 1
@@ -240,3 +242,15 @@ def test_missing_paths_name_the_override(coco_sample, tmp_path, skeleton):
         PoseDataset(tmp_path / "missing.json", coco_sample, skeleton, INPUT_HW, CodecConfig())
     with pytest.raises(UserError, match="image folder not found"):
         PoseDataset(ann, tmp_path / "no-images", skeleton, INPUT_HW, CodecConfig())
+
+
+def test_device_normalization_matches_the_inference_preprocessing():
+    """Training normalizes uint8 batches on the device; it must give the numbers inference's numpy path gives."""
+    from posekit.data.images import normalize, normalize_tensor
+
+    img = np.random.default_rng(0).integers(0, 256, (2, 8, 16, 3), dtype=np.uint8)
+    on_device = normalize_tensor(torch.from_numpy(img).permute(0, 3, 1, 2).contiguous())
+    assert on_device.dtype == torch.float32
+    np.testing.assert_array_equal(on_device.numpy(), normalize(img))
+    x = torch.randn(1, 3, 4, 4)
+    assert normalize_tensor(x) is x  # already-normalized float input passes through

@@ -1,7 +1,7 @@
 """Data-pipeline speed on one CPU core: ``python -m posekit.benchmarks.data_pipeline [--samples 200]``.
 
 Times ``PoseDataset.__getitem__`` (JPEG decode + person-centric affine + colour jitter + loss mask + heatmap/PAF
-targets + normalization), single process, one thread, for the training inputs 256x256 and 288x384, on
+targets; the image stays uint8, normalized later on the training device), single process, one thread, for the training inputs 256x256 and 288x384, on
 
 * ``coco-sample``: the four real COCO val2017 photos in tests/data/coco-sample (640x480-ish JPEGs, 12 samples);
 * ``synthetic``: a small synthetic set at the default 384x512 (generated into a temporary folder).

@@ -1,13 +1,20 @@
-"""The GPU run behind docs/results.md: the whole life cycle on one H100/H200, then DDP scaling on two.
+"""The GPU run behind docs/results.md: the whole life cycle of the default model on one H100/H200.
 
-    python -m posekit.benchmarks.gpu_pipeline --phase train --out DIR   # data, 256x256 throughput on 1 (and 2) GPUs, training
-    python -m posekit.benchmarks.gpu_pipeline --phase rest  --out DIR   # eval, prune 0.2, retrain, export fp32/int8(/fp16), eval, bench
-    python -m posekit.benchmarks.gpu_pipeline --phase ddp   --out DIR   # only the 1 vs 2 GPU scaling (trainer=ddp)
+    python -m posekit.benchmarks.gpu_pipeline --phase train  --out DIR  # data, loader vs memory at 256x256, training
+    python -m posekit.benchmarks.gpu_pipeline --phase models --out DIR  # eval; prune at 3 pth; eval; retrain; eval
+    python -m posekit.benchmarks.gpu_pipeline --phase deploy --out DIR  # pth 0.2: export fp32/fp16/int8, eval, bench;
+                                                                        # then the pth x shape sweep (map)
+    python -m posekit.benchmarks.gpu_pipeline --phase ddp    --out DIR  # 1 vs 2 GPUs (trainer=ddp), 256x256
+    python -m posekit.benchmarks.gpu_pipeline --phase all    --out DIR  # train, models, deploy in one process
 
-Each phase fits one 10-minute command. Everything is plain `python launch.py ...` (preset=gpu, experiment `gpu` under
-./experiments, data cache ./.cache); this script only sequences them and gathers each stage's summary.json into
-DIR/<phase>.json. It exercises the GPU-only code paths CI cannot run: bf16-mixed training, channels_last, the torch
-backend with CUDA graphs (eval/bench of the .pt models), and DDP.
+Run the phases in this order on one machine (artifacts stay in ./experiments; every step is idempotent, so a phase
+that ran out of time is finished by running it again). ``--phase all`` is meant to run detached (``setsid``)
+while short commands collect DIR, since the whole run is longer than one 10-minute device command. Everything is plain
+``python launch.py ...`` with ``preset=gpu`` plus :data:`RECIPE`; this script only sequences the commands and
+gathers each stage's summary.json into DIR/<phase>.json. The models go to the shared folder of the ``pth_shape``
+sweep, so the sweep of the deploy phase reuses them (one training, one retraining per pth). It also exercises
+the GPU-only code paths CI cannot run: bf16-mixed training, channels_last, the torch backend with CUDA graphs
+(eval of the .pt models), and DDP.
 """
 
 from __future__ import annotations
@@ -22,15 +29,24 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 EXP = ROOT / "experiments"
+SHARED = EXP / "sweeps" / "pth_shape" / "shared"
+PTHS = (0.05, 0.2, 0.5)
+
+# What every command of the run shares (and so what the sweep must share to reuse the models).
+# (The recipe itself -- time boxes, L1 -- is conf/preset/gpu.yaml; sweep.shared_dir is not part of point names.)
+RECIPE = ["preset=gpu", f"sweep.shared_dir={SHARED}"]
 
 
-def launch(*overrides: str, log: list) -> int:
-    cmd = [sys.executable, str(ROOT / "launch.py"), "preset=gpu", *overrides]
+def launch(*overrides: str, log: list, timeout: float | None = None) -> int:
+    cmd = [sys.executable, str(ROOT / "launch.py"), *RECIPE, *overrides]
     print("\n$", " ".join(cmd[1:]), flush=True)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT)
-    log.append({"cmd": " ".join(cmd[1:]), "rc": proc.returncode, "wall_s": round(time.perf_counter() - t0, 1)})
-    return proc.returncode
+    try:
+        rc = subprocess.run(cmd, cwd=ROOT, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        rc = 124
+    log.append({"cmd": " ".join(cmd[2:]), "rc": rc, "wall_s": round(time.perf_counter() - t0, 1)})
+    return rc
 
 
 def summaries(root: Path) -> dict:
@@ -41,8 +57,52 @@ def summaries(root: Path) -> dict:
         except (OSError, json.JSONDecodeError):
             continue
         s.pop("config", None)
+        s.pop("layers", None)
         out[str(p.relative_to(EXP))] = s
     return out
+
+
+def compose(*overrides: str):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from posekit.config import register
+
+    os.environ.setdefault("POSEKIT_ROOT", str(ROOT))
+    register()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+def loader_throughput(resolution: str = "256x256", seconds: float = 20.0) -> dict:
+    """Images/s the training DataLoader delivers to the GPU on its own (no training step), preset=gpu workers."""
+    import torch
+
+    from posekit.data.datamodule import PoseDataModule
+
+    cfg = compose(RECIPE[0], f"resolution={resolution}")
+    dm = PoseDataModule(cfg)
+    dm.prepare_data()  # generates the synthetic set on first use
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    it = iter(loader)
+    for _ in range(3 * int(cfg.data.num_workers)):  # workers started, prefetch queues filled
+        next(it)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(loader)
+            continue
+        for v in batch.values():
+            if torch.is_tensor(v):
+                v.cuda(non_blocking=True)
+        n += int(batch["image"].shape[0])
+    torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return {"input": resolution, "workers": int(cfg.data.num_workers), "batch": int(cfg.data.batch_size),
+            "img_s": n / dt, "cpus": os.cpu_count()}
 
 
 def ddp_scaling(log: list, seconds: int) -> None:
@@ -50,42 +110,100 @@ def ddp_scaling(log: list, seconds: int) -> None:
     for n in (1, 2):
         launch("stage=train", f"experiment.name=ddp{n}", "resolution=256x256", "train.resume=false",
                "trainer=ddp", f"trainer.devices={n}", "trainer.strategy=" + ("ddp" if n > 1 else "auto"),
-               f"trainer.max_time=00:00:00:{seconds:02d}", "trainer.sync_batchnorm=" + str(n > 1).lower(), log=log)
+               f"trainer.max_time=00:00:00:{seconds:02d}", "trainer.sync_batchnorm=" + str(n > 1).lower(),
+               "sweep.shared_dir=null", log=log)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--phase", choices=["train", "rest", "ddp"], required=True)
-    ap.add_argument("--out", default=".")
-    ap.add_argument("--ddp-seconds", type=int, default=30)
-    args = ap.parse_args()
-    os.environ.setdefault("POSEKIT_CACHE", str(ROOT / ".cache"))
+def phase_train(result: dict, log: list) -> None:
+    # the data pipeline vs the same step fed from memory, at 256x256 (issue: >= 90%)
+    from posekit.benchmarks.gpu_speed import training_from_memory
+
     import torch
 
-    log: list = []
-    result: dict = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                    "gpus": torch.cuda.device_count(), "phase": args.phase}
-    if args.phase == "train":
-        # the data pipeline vs the same step fed from memory, at 256x256 (issue: >= 90%)
-        from posekit.benchmarks.gpu_speed import training_from_memory
-
-        result["train_from_memory_256"] = training_from_memory((256, 256), batch=32)
-        if torch.cuda.device_count() > 1:
-            ddp_scaling(log, seconds=args.ddp_seconds)
+    if not torch.cuda.is_available():  # a CPU dry run of the phases: only the commands
         launch("stage=pipeline", "pipeline.steps=[train]", "experiment.name=gpu", log=log)
-    elif args.phase == "rest":
-        launch("stage=pipeline", "experiment.name=gpu", "prune.pth=0.2", log=log)
-    else:
-        ddp_scaling(log, seconds=args.ddp_seconds)
+        return
+    result["loader_only_256"] = loader_throughput("256x256")
+    print("loader alone:", result["loader_only_256"], flush=True)
+    result["train_from_memory_256"] = training_from_memory((256, 256), batch=32)
+    print("train from memory:", result["train_from_memory_256"], flush=True)
+    launch("stage=train", "experiment.name=loader256", "resolution=256x256", "train.resume=false",
+           "trainer.max_time=00:00:00:30", "sweep.shared_dir=null", log=log)
+    launch("stage=pipeline", "pipeline.steps=[train]", "experiment.name=gpu", log=log)
+
+
+def phase_models(result: dict, log: list, pths=PTHS, deadline: float | None = None) -> None:
+    for pth in pths:  # the eval of the trained model runs once (later calls find its record)
+        left = None if deadline is None else max(deadline - time.perf_counter(), 1)
+        launch("stage=pipeline", "experiment.name=gpu", f"prune.pth={pth}",
+               "pipeline.steps=[train,eval,prune,eval,retrain,eval]", log=log, timeout=left)
+
+
+def phase_deploy(result: dict, log: list, out: Path, deadline: float | None = None) -> None:
+    launch("stage=pipeline", "experiment.name=gpu", "prune.pth=0.2",
+           "pipeline.steps=[train,eval,prune,eval,retrain,eval,export,eval,bench]",
+           "pipeline.precisions=[fp32,fp16,int8]", log=log)
+    left = None if deadline is None else max(deadline - time.perf_counter(), 1)
+    launch("+sweep=pth_shape", "eval.max_images=150", log=log, timeout=left)
+    report = EXP / "sweeps" / "pth_shape" / "report"
+    for name in ("sweep.md", "sweep.csv"):
+        if (report / name).exists():
+            result[name] = (report / name).read_text()
+    if (report / "pareto.png").exists():
+        (out / "pareto.png").write_bytes((report / "pareto.png").read_bytes())
+
+
+def finish(result: dict, log: list, out: Path, name: str, start: float) -> None:
     result["commands"] = log
     result["summaries"] = summaries(EXP)
     pipe = EXP / "gpu" / "pipeline" / "pipeline.md"
     if pipe.exists():
         result["pipeline_md"] = pipe.read_text()
         print(pipe.read_text())
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / f"{args.phase}.json").write_text(json.dumps(result, indent=2, default=str))
+    result["wall_s"] = round(time.perf_counter() - start, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{name}.json"
+    tmp.write_text(json.dumps(result, indent=2, default=str))
+    tmp.replace(out / f"{name}.json")
     print(json.dumps(log, indent=1))
+    print(f"phase {name}: {result['wall_s']:.0f} s", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--phase", choices=["all", "train", "models", "deploy", "ddp"], required=True)
+    ap.add_argument("--out", default=".")
+    ap.add_argument("--ddp-seconds", type=int, default=30)
+    ap.add_argument("--preset", default="gpu", help="another preset (e.g. tiny) to dry-run the phases on a CPU")
+    ap.add_argument("--override", action="append", default=[], help="extra override for every command")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds the phase may use (models: the next pth; deploy: the sweep is cut off)")
+    args = ap.parse_args()
+    os.environ.setdefault("POSEKIT_CACHE", str(ROOT / ".cache"))
+    RECIPE[0] = f"preset={args.preset}"
+    RECIPE.extend(args.override)
+    import torch
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    deadline = None if args.budget is None else start + args.budget
+    base = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+            "gpus": torch.cuda.device_count(), "recipe": list(RECIPE)}
+    phases = ["train", "models", "deploy"] if args.phase == "all" else [args.phase]
+    for name in phases:  # "all": one process for the whole run, each phase's JSON written when it ends
+        t0 = time.perf_counter()
+        result, log = dict(base, phase=name), []
+        if name == "train":
+            phase_train(result, log)
+        elif name == "models":
+            phase_models(result, log, deadline=deadline)
+        elif name == "deploy":
+            phase_deploy(result, log, out, deadline=deadline)
+        else:
+            ddp_scaling(log, seconds=args.ddp_seconds)
+        finish(result, log, out, name, t0)
+    print(f"total: {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

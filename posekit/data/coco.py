@@ -7,7 +7,7 @@ image. Validation (``train=False``) fits the whole image into the input, aspect 
 
 Items (tensors; P people, J joints, L limbs, (H, W) input, (h, w) = (H/8, W/8))::
 
-    image     float32 (3, H, W)     normalized as TAO: x / 256 - 0.5
+    image     uint8 (3, H, W)       RGB; the model normalizes it on its device as TAO: x / 256 - 0.5
     heatmaps  float32 (J + 1, h, w) background last
     pafs      float32 (2L, h, w)
     mask      float32 (1, h, w)     fraction of each cell the loss may use (posekit.data.masks)
@@ -32,7 +32,7 @@ from torch.utils.data import Dataset, get_worker_info
 from posekit.codec.encode import encode
 from posekit.data import masks
 from posekit.data.augment import Augmenter, transform_keypoints, warp_image
-from posekit.data.images import CorruptImageError, normalize, read_image_rgb
+from posekit.data.images import CorruptImageError, read_image_rgb, to_chw_uint8
 from posekit.errors import UserError
 from posekit.runtime.preprocess import BORDER_VALUE, strict_affine
 from posekit.skeleton import Skeleton
@@ -283,7 +283,7 @@ class PoseDataset(Dataset):
                 continue
             heatmaps, pafs = self.encode(s["keypoints"])
             return {
-                "image": torch.from_numpy(normalize(s["image"])),
+                "image": torch.from_numpy(to_chw_uint8(s["image"])),
                 "heatmaps": torch.from_numpy(heatmaps),
                 "pafs": torch.from_numpy(pafs),
                 "mask": torch.from_numpy(s["mask"]),

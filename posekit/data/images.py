@@ -34,3 +34,16 @@ def normalize(img: np.ndarray) -> np.ndarray:
     """uint8 (..., H, W, 3) RGB -> float32 (..., 3, H, W) as TAO: x / 256 - 0.5."""
     x = img.astype(np.float32) * (1.0 / 256.0) - 0.5
     return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+
+def to_chw_uint8(img: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) RGB -> uint8 (3, H, W): the training loader ships images as bytes (4x less than float32
+    through worker shared memory and pinned copies) and :func:`normalize_tensor` runs on the training device."""
+    return np.ascontiguousarray(np.moveaxis(img, -1, -3))
+
+
+def normalize_tensor(x):
+    """torch uint8 (B, 3, H, W) -> float32 x / 256 - 0.5 (the same numbers as :func:`normalize`); float passes."""
+    if x.dtype.is_floating_point:
+        return x
+    return x.float().mul_(1.0 / 256.0).sub_(0.5)

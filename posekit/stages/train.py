@@ -68,6 +68,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             meta=meta,
             channels_last=bool(cfg.train.channels_last),
             compile=bool(cfg.train.compile),
+            head_init=str(cfg.train.head_init),
             config=plain(cfg),
         )
 

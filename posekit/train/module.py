@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.callbacks import Timer
 
+from posekit.data.images import normalize_tensor
 from posekit.model.bpnet import BpNetLite, build_model
 from posekit.train.loss import conv_kernels, l1_penalty, pose_loss
 from posekit.train.optim import build_optimizer
@@ -27,9 +28,39 @@ def plain(obj: Any) -> Any:
     return obj
 
 
-def build_network(arch: Mapping[str, Any], pruning_history: Sequence | None = None) -> BpNetLite:
-    """A fresh (randomly initialized) network of ``arch``, pruned by ``pruning_history`` if given."""
+HEAD_INITS = ("kaiming", "tao")
+
+
+def init_heads(net: BpNetLite, scheme: str) -> None:
+    """Re-initialize the prediction heads (channel reduction + every stage) for training from scratch.
+
+    ``tao``: N(0, 0.01) kernels, zero biases (``BpNetLite``'s default, TAO's ``random_normal``). TAO pairs it with
+    a pretrained backbone; from scratch, the ~10 stacked convs of a stage with std-0.01 kernels shrink signals
+    and gradients by orders of magnitude and the heads learn very slowly.
+    ``kaiming``: He (fan-in, ReLU) normal for every hidden head conv, so activations keep their scale through the
+    stages; the output convs keep N(0, 0.01) so the first predictions are near zero. Biases zero.
+    """
+    if scheme not in HEAD_INITS:
+        raise ValueError(f"train.head_init={scheme!r}: allowed values are {list(HEAD_INITS)}")
+    outputs = {id(m) for m in net.output_convs()}
+    for block in [net.channel_reduction, *net.stages]:
+        for m in block.modules():
+            if not isinstance(m, torch.nn.Conv2d):
+                continue
+            if scheme == "kaiming" and id(m) not in outputs:
+                torch.nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            else:
+                torch.nn.init.normal_(m.weight, std=0.01)
+            torch.nn.init.zeros_(m.bias)
+
+
+def build_network(
+    arch: Mapping[str, Any], pruning_history: Sequence | None = None, head_init: str = "tao"
+) -> BpNetLite:
+    """A fresh (randomly initialized) network of ``arch`` with ``head_init`` heads (:func:`init_heads`),
+    pruned by ``pruning_history`` if given."""
     net = build_model(arch)
+    init_heads(net, head_init)
     if pruning_history:
         from posekit.prune.history import apply_pruning_history
 
@@ -48,6 +79,7 @@ class PoseModule(pl.LightningModule):
         channels_last: run the network in NHWC memory format (faster convolutions on GPUs).
         compile: ``self.net.compile()`` (in place, so state-dict keys stay ``net.*``).
         lr_scale: multiplies ``optim.lr`` and ``optim.min_lr`` (retrain).
+        head_init: ``kaiming`` | ``tao``, for a network built here (:func:`init_heads`); ignored with ``net``.
         config: the resolved run config, stored for provenance only.
         net: an already-built network (retrain passes the loaded pruned model); not a hyperparameter.
 
@@ -64,6 +96,7 @@ class PoseModule(pl.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         lr_scale: float = 1.0,
+        head_init: str = "tao",
         config: Mapping[str, Any] | None = None,
         net: BpNetLite | None = None,
     ):
@@ -78,10 +111,11 @@ class PoseModule(pl.LightningModule):
                 "channels_last": bool(channels_last),
                 "compile": bool(compile),
                 "lr_scale": float(lr_scale),
+                "head_init": str(head_init),
                 "config": config,
             }
         )
-        self.net = net if net is not None else build_network(arch, pruning_history)
+        self.net = net if net is not None else build_network(arch, pruning_history, head_init)
         self.l1_factor = float(optim.get("l1_kernel_reg", 0.0))
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
@@ -91,8 +125,9 @@ class PoseModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ forward / loss
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """x (B, 3, H, W) normalized -> per-stage heatmaps (B, J+1, h, w) and PAFs (B, 2L, h, w)."""
-        return self.net(x.contiguous(memory_format=self.memory_format))
+        """x (B, 3, H, W): uint8 RGB as the loader ships it (normalized here, on the device) or already normalized
+        float -> per-stage heatmaps (B, J+1, h, w) and PAFs (B, 2L, h, w)."""
+        return self.net(normalize_tensor(x).contiguous(memory_format=self.memory_format))
 
     def _loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         heats, pafs = self(batch["image"])
