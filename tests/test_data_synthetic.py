@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
@@ -155,3 +157,33 @@ def test_datamodule_on_the_tiny_preset(skeleton):
         assert batch["mask"].shape == (n, 1, H // 8, W // 8)
         assert batch["image_id"].shape == (n,)
     assert len(dm.val_set) == cfg.data.synthetic.num_val  # one val sample per image
+
+
+# A process that has already run OpenCV's thread pool (an in-process eval, as in stage=pipeline before retrain)
+# then starts loader workers. Forked workers inherit the pool in whatever state it is and hang in their first
+# OpenCV call; the data module starts fresh (forkserver) workers. Run in a subprocess with a deadline.
+_LOADER_AFTER_CV2 = """
+import sys, cv2, numpy as np
+sys.path.insert(0, {root!r})
+from tests.conftest import compose
+import posekit.data.datamodule as dmod
+img = np.zeros((2000, 2000, 3), np.uint8)
+for _ in range(20):  # spin up OpenCV's worker threads in the parent
+    cv2.warpAffine(img, np.eye(2, 3), (1500, 1500))
+dm = dmod.PoseDataModule(compose("preset=tiny", "data.num_workers=2"))
+batch = next(iter(dm.train_dataloader()))
+print("batch", tuple(batch["image"].shape))
+"""
+
+
+def test_loader_workers_start_after_the_parent_used_opencv_threads():
+    """(With fork-started workers this times out: verified when the fix was made.)"""
+    import os
+
+    from tests.conftest import ROOT
+
+    code = _LOADER_AFTER_CV2.format(root=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "batch (4, 3, 128, 128)" in out.stdout

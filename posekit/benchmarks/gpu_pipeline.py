@@ -153,6 +153,56 @@ def phase_deploy(result: dict, log: list, out: Path, deadline: float | None = No
         (out / "pareto.png").write_bytes((report / "pareto.png").read_bytes())
 
 
+COMPACT = ("trainer.max_time=00:00:03:30", "retrain.max_time=00:00:01:00")
+
+
+def phase_compact(result: dict, log: list, deadline: float | None = None) -> None:
+    """A shorter run for what is left of a device budget: train 3.5 min, prune at 3 pth, retrain pth 0.2 for
+    1 min, evaluate every model. Each command is a fresh process."""
+    def left() -> float | None:
+        return None if deadline is None else max(deadline - time.perf_counter(), 1)
+
+    launch("stage=pipeline", "pipeline.steps=[train]", "experiment.name=gpu", *COMPACT, log=log, timeout=left())
+    launch("stage=pipeline", "experiment.name=gpu", "prune.pth=0.2",
+           "pipeline.steps=[train,eval,prune,eval,retrain,eval]", *COMPACT, log=log, timeout=left())
+    for pth in (0.5, 0.05):
+        launch("stage=pipeline", "experiment.name=gpu", f"prune.pth={pth}", "pipeline.steps=[train,prune,eval]",
+               *COMPACT, log=log, timeout=left())
+
+
+def ship_models(out: Path, max_files: int = 5, max_bytes: float = 52 * 2**20, part: float = 15.5 * 2**20) -> list:
+    """Copy the run's small models to ``out`` for another machine (a device's $OUT takes few, small files):
+    retrained-0.2, pruned-0.5, pruned-0.05, as posekit model files, floating tensors in fp16 when the fp32 file
+    would not fit one part, split into parts ``<name>.part<k>`` (``cat`` them back). Returns what was written."""
+    import torch
+
+    wanted = [("retrained-0.2", "retrain/pth-0.2/model.pt"), ("pruned-0.5", "prune/model.pruned-0.5.pt"),
+              ("pruned-0.05", "prune/model.pruned-0.05.pt")]
+    written, files, total = [], 0, 0
+    for name, rel in wanted:
+        found = sorted(SHARED.glob(f"*/{rel}"))
+        if not found:
+            continue
+        blob = found[0].read_bytes()
+        dtype = "fp32"
+        if len(blob) > part:
+            obj = torch.load(found[0], map_location="cpu", weights_only=True)
+            half = {k: (v.half() if torch.is_tensor(v) and v.is_floating_point() else v)
+                    for k, v in obj["state_dict"].items()}
+            tmp = out / f"{name}.tmp"
+            torch.save(dict(obj, state_dict=half), tmp)
+            blob, dtype = tmp.read_bytes(), "fp16"
+            tmp.unlink()
+        parts = [blob[i:i + int(part)] for i in range(0, len(blob), int(part))]
+        if files + len(parts) > max_files or total + len(blob) > max_bytes:
+            continue
+        for k, chunk in enumerate(parts):
+            (out / f"{name}.{dtype}.pt.part{k}").write_bytes(chunk)
+        files, total = files + len(parts), total + len(blob)
+        written.append({"name": name, "dtype": dtype, "bytes": len(blob), "parts": len(parts), "source": str(found[0])})
+    return written
+
+
 def finish(result: dict, log: list, out: Path, name: str, start: float) -> None:
     result["commands"] = log
     result["summaries"] = summaries(EXP)
@@ -171,7 +221,7 @@ def finish(result: dict, log: list, out: Path, name: str, start: float) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--phase", choices=["all", "train", "models", "deploy", "ddp"], required=True)
+    ap.add_argument("--phase", choices=["all", "train", "models", "deploy", "ddp", "compact"], required=True)
     ap.add_argument("--out", default=".")
     ap.add_argument("--ddp-seconds", type=int, default=30)
     ap.add_argument("--preset", default="gpu", help="another preset (e.g. tiny) to dry-run the phases on a CPU")
@@ -200,6 +250,9 @@ def main() -> None:
             phase_models(result, log, deadline=deadline)
         elif name == "deploy":
             phase_deploy(result, log, out, deadline=deadline)
+        elif name == "compact":
+            phase_compact(result, log, deadline=deadline)
+            result["shipped"] = ship_models(out)
         else:
             ddp_scaling(log, seconds=args.ddp_seconds)
         finish(result, log, out, name, t0)

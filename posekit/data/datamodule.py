@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from functools import cached_property
 
+import multiprocessing as mp
+
 import cv2
 import pytorch_lightning as pl
 import torch
@@ -28,6 +30,11 @@ def single_threaded_worker(worker_id: int) -> None:
     host 14 workers delivered a fraction of their single-core rate). Parallelism comes from the workers.
     """
     cv2.setNumThreads(1)
+
+
+def worker_context() -> str:
+    """``forkserver`` where the platform has it (Linux), else ``spawn``."""
+    return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
 
 
 class PoseDataModule(pl.LightningDataModule):
@@ -79,6 +86,10 @@ class PoseDataModule(pl.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             worker_init_fn=single_threaded_worker if workers > 0 else None,
             prefetch_factor=4 if workers > 0 else None,
+            # Fresh worker processes, not forks: a fork inherits the parent's OpenCV/OpenMP thread pools in
+            # whatever state they are (after an in-process eval, e.g. in `stage=pipeline`), and the workers
+            # then hang on their first parallel call.
+            multiprocessing_context=worker_context() if workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:
