@@ -6,6 +6,10 @@
                                                                         # then the pth x shape sweep (map)
     python -m posekit.benchmarks.gpu_pipeline --phase ddp    --out DIR  # 1 vs 2 GPUs (trainer=ddp), 256x256
     python -m posekit.benchmarks.gpu_pipeline --phase all    --out DIR  # train, models, deploy in one process
+    python -m posekit.benchmarks.gpu_pipeline --phase loader --out DIR  # loader alone / from memory / train stage
+                                                                        # at 6, 10, 14 workers, with and without L1
+    python -m posekit.benchmarks.gpu_pipeline --phase compact --out DIR # short: train 3.5 min, prune 3 pth, retrain
+                                                                        # pth 0.2; ships the small models to DIR
 
 Run the phases in this order on one machine (artifacts stay in ./experiments; every step is idempotent, so a phase
 that ran out of time is finished by running it again). ``--phase all`` is meant to run detached (``setsid``)
@@ -132,6 +136,19 @@ def phase_train(result: dict, log: list) -> None:
     launch("stage=pipeline", "pipeline.steps=[train]", "experiment.name=gpu", log=log)
 
 
+def phase_loader(result: dict, log: list) -> None:
+    """Where the gap between the real pipeline and memory-fed training comes from (256x256, 30 s each): the
+    worker count (CPU left to the main thread) and the L1 term (per-step work beside the network)."""
+    from posekit.benchmarks.gpu_speed import training_from_memory
+
+    result["loader_only_256"] = loader_throughput("256x256")
+    result["train_from_memory_256"] = training_from_memory((256, 256), batch=32)
+    for workers, l1 in ((14, 1e-3), (10, 1e-3), (6, 1e-3), (10, 0.0)):
+        launch("stage=train", f"experiment.name=loader-w{workers}-l1{l1:g}", "resolution=256x256",
+               "train.resume=false", "trainer.max_time=00:00:00:30", "sweep.shared_dir=null",
+               f"data.num_workers={workers}", f"optim.l1_kernel_reg={l1}", log=log)
+
+
 def phase_models(result: dict, log: list, pths=PTHS, deadline: float | None = None) -> None:
     for pth in pths:  # the eval of the trained model runs once (later calls find its record)
         left = None if deadline is None else max(deadline - time.perf_counter(), 1)
@@ -221,7 +238,7 @@ def finish(result: dict, log: list, out: Path, name: str, start: float) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--phase", choices=["all", "train", "models", "deploy", "ddp", "compact"], required=True)
+    ap.add_argument("--phase", choices=["all", "train", "models", "deploy", "ddp", "compact", "loader"], required=True)
     ap.add_argument("--out", default=".")
     ap.add_argument("--ddp-seconds", type=int, default=30)
     ap.add_argument("--preset", default="gpu", help="another preset (e.g. tiny) to dry-run the phases on a CPU")
@@ -250,6 +267,8 @@ def main() -> None:
             phase_models(result, log, deadline=deadline)
         elif name == "deploy":
             phase_deploy(result, log, out, deadline=deadline)
+        elif name == "loader":
+            phase_loader(result, log)
         elif name == "compact":
             phase_compact(result, log, deadline=deadline)
             result["shipped"] = ship_models(out)

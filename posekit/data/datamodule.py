@@ -7,9 +7,8 @@ computed by the training callback from ``paths.val_ann`` / ``paths.val_images``.
 
 from __future__ import annotations
 
-from functools import cached_property
-
 import multiprocessing as mp
+from functools import cached_property
 
 import cv2
 import pytorch_lightning as pl
