@@ -351,6 +351,22 @@ def register() -> None:
     ConfigStore.instance().store(name="base_config", node=Config)
 
 
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The project's config (conf/) composed with Hydra ``overrides`` as ``launch.py`` builds it, without running
+    anything (benchmarks, tools, tests)."""
+    import os
+    from pathlib import Path
+
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    root = Path(__file__).resolve().parents[1]
+    os.environ.setdefault("POSEKIT_ROOT", str(root))  # the sweeps/ search path (conf/config.yaml)
+    register()
+    with initialize_config_dir(config_dir=str(root / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
 # --------------------------------------------------------------------------------------------- validation
 def _choice(value: Any, key: str, allowed: list[str]) -> None:
     if value not in allowed:

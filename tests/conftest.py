@@ -37,15 +37,9 @@ def skeleton():
 
 def compose(*overrides: str):
     """Compose the real config (conf/) with overrides, as launch.py would, without running anything."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from posekit.config import compose as compose_config
 
-    from posekit.config import register
-
-    os.environ.setdefault("POSEKIT_ROOT", str(ROOT))
-    register()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides))
+    return compose_config(overrides)
 
 
 def run_cli(*overrides: str, cwd: Path | None = None, check: bool = True, timeout: float = 600,

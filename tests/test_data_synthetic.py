@@ -163,8 +163,7 @@ def test_datamodule_on_the_tiny_preset(skeleton):
 # then starts loader workers. Forked workers inherit the pool in whatever state it is and hang in their first
 # OpenCV call; the data module starts fresh (forkserver) workers. Run in a subprocess with a deadline.
 _LOADER_AFTER_CV2 = """
-import sys, cv2, numpy as np
-sys.path.insert(0, {root!r})
+import cv2, numpy as np
 from tests.conftest import compose
 import posekit.data.datamodule as dmod
 img = np.zeros((2000, 2000, 3), np.uint8)
@@ -182,8 +181,7 @@ def test_loader_workers_start_after_the_parent_used_opencv_threads():
 
     from tests.conftest import ROOT
 
-    code = _LOADER_AFTER_CV2.format(root=str(ROOT))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90,
+    out = subprocess.run([sys.executable, "-c", _LOADER_AFTER_CV2], capture_output=True, text=True, timeout=90,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert out.returncode == 0, out.stderr[-2000:]
     assert "batch (4, 3, 128, 128)" in out.stdout

@@ -41,10 +41,12 @@ PTHS = (0.05, 0.2, 0.5)
 RECIPE = ["preset=gpu", f"sweep.shared_dir={SHARED}"]
 
 
-def launch(*overrides: str, log: list, timeout: float | None = None) -> int:
+def launch(*overrides: str, log: list, deadline: float | None = None) -> int:
+    """``python launch.py RECIPE overrides``, killed at ``deadline`` (a ``time.perf_counter()`` value) if given."""
     cmd = [sys.executable, str(ROOT / "launch.py"), *RECIPE, *overrides]
     print("\n$", " ".join(cmd[1:]), flush=True)
     t0 = time.perf_counter()
+    timeout = None if deadline is None else max(deadline - t0, 1.0)
     try:
         rc = subprocess.run(cmd, cwd=ROOT, timeout=timeout).returncode
     except subprocess.TimeoutExpired:
@@ -66,25 +68,14 @@ def summaries(root: Path) -> dict:
     return out
 
 
-def compose(*overrides: str):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from posekit.config import register
-
-    os.environ.setdefault("POSEKIT_ROOT", str(ROOT))
-    register()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides))
-
-
 def loader_throughput(resolution: str = "256x256", seconds: float = 20.0) -> dict:
     """Images/s the training DataLoader delivers to the GPU on its own (no training step), preset=gpu workers."""
     import torch
 
+    from posekit.config import compose
     from posekit.data.datamodule import PoseDataModule
 
-    cfg = compose(RECIPE[0], f"resolution={resolution}")
+    cfg = compose([RECIPE[0], f"resolution={resolution}"])
     dm = PoseDataModule(cfg)
     dm.prepare_data()  # generates the synthetic set on first use
     dm.setup("fit")
@@ -118,19 +109,24 @@ def ddp_scaling(log: list, seconds: int) -> None:
                "sweep.shared_dir=null", log=log)
 
 
-def phase_train(result: dict, log: list) -> None:
-    # the data pipeline vs the same step fed from memory, at 256x256 (issue: >= 90%)
+def speed_baselines(result: dict) -> None:
+    """The two references for the real pipeline at 256x256 (issue 7: >= 90% of memory-fed): the loader alone and
+    the training step fed from memory."""
     from posekit.benchmarks.gpu_speed import training_from_memory
 
+    result["loader_only_256"] = loader_throughput("256x256")
+    print("loader alone:", result["loader_only_256"], flush=True)
+    result["train_from_memory_256"] = training_from_memory((256, 256), batch=32)
+    print("train from memory:", result["train_from_memory_256"], flush=True)
+
+
+def phase_train(result: dict, log: list) -> None:
     import torch
 
     if not torch.cuda.is_available():  # a CPU dry run of the phases: only the commands
         launch("stage=pipeline", "pipeline.steps=[train]", "experiment.name=gpu", log=log)
         return
-    result["loader_only_256"] = loader_throughput("256x256")
-    print("loader alone:", result["loader_only_256"], flush=True)
-    result["train_from_memory_256"] = training_from_memory((256, 256), batch=32)
-    print("train from memory:", result["train_from_memory_256"], flush=True)
+    speed_baselines(result)
     launch("stage=train", "experiment.name=loader256", "resolution=256x256", "train.resume=false",
            "trainer.max_time=00:00:00:30", "sweep.shared_dir=null", log=log)
     launch("stage=pipeline", "pipeline.steps=[train]", "experiment.name=gpu", log=log)
@@ -139,10 +135,7 @@ def phase_train(result: dict, log: list) -> None:
 def phase_loader(result: dict, log: list) -> None:
     """Where the gap between the real pipeline and memory-fed training comes from (256x256, 30 s each): the
     worker count (CPU left to the main thread) and the L1 term (per-step work beside the network)."""
-    from posekit.benchmarks.gpu_speed import training_from_memory
-
-    result["loader_only_256"] = loader_throughput("256x256")
-    result["train_from_memory_256"] = training_from_memory((256, 256), batch=32)
+    speed_baselines(result)
     for workers, l1 in ((14, 1e-3), (10, 1e-3), (6, 1e-3), (10, 0.0)):
         launch("stage=train", f"experiment.name=loader-w{workers}-l1{l1:g}", "resolution=256x256",
                "train.resume=false", "trainer.max_time=00:00:00:30", "sweep.shared_dir=null",
@@ -151,17 +144,15 @@ def phase_loader(result: dict, log: list) -> None:
 
 def phase_models(result: dict, log: list, pths=PTHS, deadline: float | None = None) -> None:
     for pth in pths:  # the eval of the trained model runs once (later calls find its record)
-        left = None if deadline is None else max(deadline - time.perf_counter(), 1)
         launch("stage=pipeline", "experiment.name=gpu", f"prune.pth={pth}",
-               "pipeline.steps=[train,eval,prune,eval,retrain,eval]", log=log, timeout=left)
+               "pipeline.steps=[train,eval,prune,eval,retrain,eval]", log=log, deadline=deadline)
 
 
 def phase_deploy(result: dict, log: list, out: Path, deadline: float | None = None) -> None:
     launch("stage=pipeline", "experiment.name=gpu", "prune.pth=0.2",
            "pipeline.steps=[train,eval,prune,eval,retrain,eval,export,eval,bench]",
            "pipeline.precisions=[fp32,fp16,int8]", log=log)
-    left = None if deadline is None else max(deadline - time.perf_counter(), 1)
-    launch("+sweep=pth_shape", "eval.max_images=150", log=log, timeout=left)
+    launch("+sweep=pth_shape", "eval.max_images=150", log=log, deadline=deadline)
     report = EXP / "sweeps" / "pth_shape" / "report"
     for name in ("sweep.md", "sweep.csv"):
         if (report / name).exists():
@@ -176,15 +167,12 @@ COMPACT = ("trainer.max_time=00:00:03:30", "retrain.max_time=00:00:01:00")
 def phase_compact(result: dict, log: list, deadline: float | None = None) -> None:
     """A shorter run for what is left of a device budget: train 3.5 min, prune at 3 pth, retrain pth 0.2 for
     1 min, evaluate every model. Each command is a fresh process."""
-    def left() -> float | None:
-        return None if deadline is None else max(deadline - time.perf_counter(), 1)
-
-    launch("stage=pipeline", "pipeline.steps=[train]", "experiment.name=gpu", *COMPACT, log=log, timeout=left())
+    launch("stage=pipeline", "pipeline.steps=[train]", "experiment.name=gpu", *COMPACT, log=log, deadline=deadline)
     launch("stage=pipeline", "experiment.name=gpu", "prune.pth=0.2",
-           "pipeline.steps=[train,eval,prune,eval,retrain,eval]", *COMPACT, log=log, timeout=left())
+           "pipeline.steps=[train,eval,prune,eval,retrain,eval]", *COMPACT, log=log, deadline=deadline)
     for pth in (0.5, 0.05):
         launch("stage=pipeline", "experiment.name=gpu", f"prune.pth={pth}", "pipeline.steps=[train,prune,eval]",
-               *COMPACT, log=log, timeout=left())
+               *COMPACT, log=log, deadline=deadline)
 
 
 def ship_models(out: Path, max_files: int = 5, max_bytes: float = 52 * 2**20, part: float = 15.5 * 2**20) -> list:

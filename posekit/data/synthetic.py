@@ -725,19 +725,6 @@ def preview(params: Mapping, split: str, index: int, skeleton: Skeleton) -> np.n
     return out
 
 
-def _compose(overrides: list[str]) -> Any:
-    """The project's composed config (conf/) with Hydra overrides, as ``launch.py`` would build it."""
-    from hydra import compose, initialize_config_dir
-
-    from posekit.config import register
-
-    root = Path(__file__).resolve().parents[2]
-    os.environ.setdefault("POSEKIT_ROOT", str(root))
-    register()
-    with initialize_config_dir(config_dir=str(root / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
-
-
 def main(argv: list[str] | None = None) -> None:
     """``python -m posekit.data.synthetic [OVERRIDES] [--preview OUT.jpg --index N]``: generate the synthetic
     dataset of the composed config (e.g. ``preset=cpu_demo`` or ``data.synthetic.num_train=500``) and print its
@@ -756,7 +743,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--index", type=int, default=0)
     ap.add_argument("--quality", type=int, default=80, help="JPEG quality of the preview")
     args = ap.parse_args(argv)
-    cfg = _compose(args.overrides)
+    from posekit.config import compose
+
+    cfg = compose(args.overrides)
     skeleton = Skeleton.from_cfg(OmegaConf.to_container(cfg.keypoints, resolve=True))
     if args.preview:
         image = preview(generation_params(cfg.data.synthetic, skeleton), args.split, args.index, skeleton)

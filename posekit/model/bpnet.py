@@ -40,6 +40,9 @@ BACKBONE = (
 )
 
 
+HEAD_INITS = ("kaiming", "tao")
+
+
 def scaled(channels: int, width: float) -> int:
     """Hidden channel count under a width multiplier: a multiple of 8, at least 8 (exact at width 1)."""
     if width == 1.0:
@@ -136,11 +139,29 @@ class BpNetLite(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        for m in [self.channel_reduction, *self.stages]:
-            for c in m.modules():
-                if isinstance(c, nn.Conv2d):
-                    nn.init.normal_(c.weight, std=0.01)
-                    nn.init.zeros_(c.bias)
+        self.init_heads("tao")
+
+    def init_heads(self, scheme: str = "tao") -> None:
+        """(Re-)initialize the prediction heads: channel reduction and every stage (``train.head_init``).
+
+        ``tao``: N(0, 0.01) kernels, zero biases (TAO's ``random_normal``). TAO pairs it with a pretrained
+        backbone; from scratch, the ~10 stacked convs of a stage with std-0.01 kernels shrink signals and
+        gradients by orders of magnitude and the heads learn very slowly.
+        ``kaiming``: He (fan-in, ReLU) normal for every hidden head conv, so activations keep their scale through
+        the stages; the output convs keep N(0, 0.01) so the first predictions are near zero. Biases zero.
+        """
+        if scheme not in HEAD_INITS:
+            raise ValueError(f"train.head_init={scheme!r}: allowed values are {list(HEAD_INITS)}")
+        outputs = {id(m) for m in self.output_convs()}
+        for block in [self.channel_reduction, *self.stages]:
+            for m in block.modules():
+                if not isinstance(m, nn.Conv2d):
+                    continue
+                if scheme == "kaiming" and id(m) not in outputs:
+                    nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                else:
+                    nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         feat = self.channel_reduction(self.backbone(x))

@@ -28,39 +28,14 @@ def plain(obj: Any) -> Any:
     return obj
 
 
-HEAD_INITS = ("kaiming", "tao")
-
-
-def init_heads(net: BpNetLite, scheme: str) -> None:
-    """Re-initialize the prediction heads (channel reduction + every stage) for training from scratch.
-
-    ``tao``: N(0, 0.01) kernels, zero biases (``BpNetLite``'s default, TAO's ``random_normal``). TAO pairs it with
-    a pretrained backbone; from scratch, the ~10 stacked convs of a stage with std-0.01 kernels shrink signals
-    and gradients by orders of magnitude and the heads learn very slowly.
-    ``kaiming``: He (fan-in, ReLU) normal for every hidden head conv, so activations keep their scale through the
-    stages; the output convs keep N(0, 0.01) so the first predictions are near zero. Biases zero.
-    """
-    if scheme not in HEAD_INITS:
-        raise ValueError(f"train.head_init={scheme!r}: allowed values are {list(HEAD_INITS)}")
-    outputs = {id(m) for m in net.output_convs()}
-    for block in [net.channel_reduction, *net.stages]:
-        for m in block.modules():
-            if not isinstance(m, torch.nn.Conv2d):
-                continue
-            if scheme == "kaiming" and id(m) not in outputs:
-                torch.nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            else:
-                torch.nn.init.normal_(m.weight, std=0.01)
-            torch.nn.init.zeros_(m.bias)
-
-
 def build_network(
     arch: Mapping[str, Any], pruning_history: Sequence | None = None, head_init: str = "tao"
 ) -> BpNetLite:
-    """A fresh (randomly initialized) network of ``arch`` with ``head_init`` heads (:func:`init_heads`),
+    """A fresh (randomly initialized) network of ``arch`` with ``head_init`` heads (``BpNetLite.init_heads``),
     pruned by ``pruning_history`` if given."""
-    net = build_model(arch)
-    init_heads(net, head_init)
+    net = build_model(arch)  # heads already initialized the TAO way
+    if head_init != "tao":
+        net.init_heads(head_init)
     if pruning_history:
         from posekit.prune.history import apply_pruning_history
 
@@ -79,7 +54,7 @@ class PoseModule(pl.LightningModule):
         channels_last: run the network in NHWC memory format (faster convolutions on GPUs).
         compile: ``self.net.compile()`` (in place, so state-dict keys stay ``net.*``).
         lr_scale: multiplies ``optim.lr`` and ``optim.min_lr`` (retrain).
-        head_init: ``kaiming`` | ``tao``, for a network built here (:func:`init_heads`); ignored with ``net``.
+        head_init: ``kaiming`` | ``tao``, for a network built here (``BpNetLite.init_heads``); ignored with ``net``.
         config: the resolved run config, stored for provenance only.
         net: an already-built network (retrain passes the loaded pruned model); not a hyperparameter.
 
