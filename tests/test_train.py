@@ -216,6 +216,54 @@ def test_time_budget_advances_the_schedule():
     assert with_time_budget(f, 1000, None) is f
 
 
+class _FakeTimer:
+    """Lightning's Timer as the schedule clock reads it: elapsed since on_train_start (+ a resumed offset)."""
+
+    def __init__(self, budget: float, offset: float = 0.0):
+        self.budget, self.now = budget, offset
+
+    def time_elapsed(self, stage: str) -> float:
+        return self.now
+
+    def time_remaining(self, stage: str) -> float:
+        return max(0.0, self.budget - self.now)
+
+
+def test_schedule_clock_leaves_out_start_up_and_keeps_it_across_resume(monkeypatch):
+    """The seconds before the first step (loader workers starting) must not eat the warm-up: the clock is
+    (elapsed - start-up) / (budget - start-up), and the start-up sum survives a checkpoint."""
+    from posekit.train.module import PoseModule
+
+    arch = dict(stages=2, num_heatmaps=3, num_pafs=2, width=0.125)
+    optim = dict(name="adamw", lr=1e-3, weight_decay=0.0, schedule="cosine", warmup=0.05, min_lr=0.0,
+                 stagewise_lr=False, l1_kernel_reg=0.0)
+    module = PoseModule(arch, optim)
+    timer = _FakeTimer(budget=220.0)
+    monkeypatch.setattr(module, "_timer", lambda: timer)
+    fraction = module._time_fraction()
+    module.on_train_start()
+    timer.now = 20.0  # 20 s of start-up, no step yet
+    assert fraction() == 0.0
+    module.on_train_batch_start(None, 0)
+    assert fraction() == pytest.approx(0.0)
+    timer.now = 120.0
+    assert fraction() == pytest.approx(100.0 / 200.0)
+
+    ckpt: dict = {}
+    module.on_save_checkpoint(ckpt)
+    resumed = PoseModule(arch, optim)
+    resumed.on_load_checkpoint(ckpt)
+    timer.now = 120.0  # the Timer restores its elapsed time as an offset
+    monkeypatch.setattr(resumed, "_timer", lambda: timer)
+    fraction = resumed._time_fraction()
+    resumed.on_train_start()
+    timer.now = 130.0  # 10 s more start-up in the resumed process
+    resumed.on_train_batch_start(None, 0)
+    assert fraction() == pytest.approx(100.0 / 190.0)
+    timer.now = 220.0
+    assert fraction() == pytest.approx(1.0)
+
+
 # --------------------------------------------------------------------------------------------- CLI, end to end
 def _summary(stage_dir: Path) -> dict:
     return json.loads((stage_dir / "summary.json").read_text())

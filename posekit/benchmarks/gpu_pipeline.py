@@ -5,7 +5,10 @@
     python -m posekit.benchmarks.gpu_pipeline --phase deploy --out DIR  # pth 0.2: export fp32/fp16/int8, eval, bench;
                                                                         # then the pth x shape sweep (map)
     python -m posekit.benchmarks.gpu_pipeline --phase ddp    --out DIR  # 1 vs 2 GPUs (trainer=ddp), 256x256
-    python -m posekit.benchmarks.gpu_pipeline --phase all    --out DIR  # train, models, deploy in one process
+    python -m posekit.benchmarks.gpu_pipeline --phase all    --out DIR  # the whole run in one process, most valuable
+                                                                        # first: train; the pth 0.2 pipeline (prune,
+                                                                        # retrain, export, eval, bench); pth 0.5 and
+                                                                        # 0.05; the pth x shape sweep (--budget cuts)
     python -m posekit.benchmarks.gpu_pipeline --phase loader --out DIR  # loader alone / from memory / train stage
                                                                         # at 6, 10, 14 workers, with and without L1
     python -m posekit.benchmarks.gpu_pipeline --phase compact --out DIR # short: train 3.5 min, prune 3 pth, retrain
@@ -148,11 +151,18 @@ def phase_models(result: dict, log: list, pths=PTHS, deadline: float | None = No
                "pipeline.steps=[train,eval,prune,eval,retrain,eval]", log=log, deadline=deadline)
 
 
-def phase_deploy(result: dict, log: list, out: Path, deadline: float | None = None) -> None:
+def deploy_pipeline(log: list, deadline: float | None = None) -> None:
+    """pth 0.2 through the whole life cycle: the pipeline table of docs/results.md."""
     launch("stage=pipeline", "experiment.name=gpu", "prune.pth=0.2",
            "pipeline.steps=[train,eval,prune,eval,retrain,eval,export,eval,bench]",
-           "pipeline.precisions=[fp32,fp16,int8]", log=log)
-    launch("+sweep=pth_shape", "eval.max_images=150", log=log, deadline=deadline)
+           "pipeline.precisions=[fp32,fp16,int8]", log=log, deadline=deadline)
+
+
+def accuracy_latency_map(result: dict, log: list, out: Path, deadline: float | None = None) -> None:
+    """The pth x shape sweep over the models already made (docs/results.md's map), its report shipped to ``out``."""
+    rc = launch("+sweep=pth_shape", "eval.max_images=100", log=log, deadline=deadline)
+    if rc != 0:  # cut off by the deadline (or a job crashed the sweep): report what finished, unfinished as rows
+        subprocess.run([sys.executable, "-m", "posekit.sweep.report", str(EXP / "sweeps" / "pth_shape")], cwd=ROOT)
     report = EXP / "sweeps" / "pth_shape" / "report"
     for name in ("sweep.md", "sweep.csv"):
         if (report / name).exists():
@@ -245,16 +255,26 @@ def main() -> None:
     deadline = None if args.budget is None else start + args.budget
     base = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "gpus": torch.cuda.device_count(), "recipe": list(RECIPE)}
-    phases = ["train", "models", "deploy"] if args.phase == "all" else [args.phase]
-    for name in phases:  # "all": one process for the whole run, each phase's JSON written when it ends
+    phases = ["train", "pth0.2", "models", "map"] if args.phase == "all" else [args.phase]
+    for name in phases:  # "all": one process for the whole run, each part's JSON written when it ends
         t0 = time.perf_counter()
         result, log = dict(base, phase=name), []
+        if deadline is not None and time.perf_counter() > deadline:
+            print(f"phase {name}: skipped, the budget is spent", flush=True)
+            continue
         if name == "train":
-            phase_train(result, log)
+            if args.phase == "all":  # the speed baselines are --phase train/loader's; "all" saves their minutes
+                launch("stage=pipeline", "pipeline.steps=[train]", "experiment.name=gpu", log=log, deadline=deadline)
+            else:
+                phase_train(result, log)
+        elif name == "pth0.2":
+            deploy_pipeline(log, deadline=deadline)
         elif name == "models":
-            phase_models(result, log, deadline=deadline)
-        elif name == "deploy":
-            phase_deploy(result, log, out, deadline=deadline)
+            phase_models(result, log, pths=(0.5, 0.05) if args.phase == "all" else PTHS, deadline=deadline)
+        elif name in ("deploy", "map"):
+            if name == "deploy":
+                deploy_pipeline(log, deadline=deadline)
+            accuracy_latency_map(result, log, out, deadline=deadline)
         elif name == "loader":
             phase_loader(result, log)
         elif name == "compact":

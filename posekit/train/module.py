@@ -97,6 +97,11 @@ class PoseModule(pl.LightningModule):
             self.net.to(memory_format=torch.channels_last)
         if compile:
             self.net.compile()
+        # Seconds of the time budget spent before training steps (process start-up, CUDA init, loader workers
+        # importing their modules), summed over resumed runs; the schedule's clock leaves them out.
+        self._startup_s = 0.0
+        self._elapsed_at_start: float | None = None
+        self._stepping = False
 
     # ------------------------------------------------------------------ forward / loss
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -136,18 +141,47 @@ class PoseModule(pl.LightningModule):
         )
 
     # ------------------------------------------------------------------ optimizer
+    def _timer(self) -> Timer | None:
+        return next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+
     def _time_fraction(self) -> Callable[[], float] | None:
-        """elapsed / ``trainer.max_time`` (Lightning's Timer, which keeps the elapsed time across resumes)."""
-        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        """Share of ``trainer.max_time`` used by training steps so far: (elapsed - start-up) / (budget - start-up).
+
+        Lightning's Timer counts from ``on_train_start`` and keeps its elapsed time across resumes, so it includes
+        the seconds before the first step (loader workers start fresh processes: ten-odd seconds with 14 of them).
+        Counted in, those seconds would consume a short warm-up before any step ran, and the first steps would
+        take the peak learning rate (the 3.5 min H200 run diverged into the all-background plateau that way).
+        """
+        timer = self._timer()
         if timer is None:
             return None
 
         def fraction() -> float:
-            elapsed = timer.time_elapsed("train")
+            if not self._stepping:
+                return 0.0
+            elapsed = timer.time_elapsed("train") - self._startup_s
             budget = elapsed + (timer.time_remaining("train") or 0.0)
             return elapsed / budget if budget > 0 else 0.0
 
         return fraction
+
+    def on_train_start(self) -> None:
+        timer = self._timer()
+        self._elapsed_at_start = timer.time_elapsed("train") if timer is not None else None
+        self._stepping = False
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if not self._stepping:  # the first step of this process: what came before it was start-up
+            timer = self._timer()
+            if timer is not None and self._elapsed_at_start is not None:
+                self._startup_s += max(0.0, timer.time_elapsed("train") - self._elapsed_at_start)
+            self._stepping = True
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["posekit_startup_s"] = float(self._startup_s)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._startup_s = float(checkpoint.get("posekit_startup_s", 0.0))
 
     def configure_optimizers(self) -> dict[str, Any]:
         total = self.trainer.estimated_stepping_batches
