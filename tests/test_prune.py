@@ -347,3 +347,23 @@ def test_cli_bad_input_exits_2(tiny_model_file, tmp_path, override, message):
 def test_cli_without_trained_model_says_to_train(tmp_path):
     proc = run_cli("stage=prune", "preset=tiny", f"experiment.root={tmp_path}", check=False)
     assert proc.returncode == 2 and "stage=train" in proc.stderr
+
+
+def test_history_for_kept_rebuilds_a_pruned_shape():
+    """The benchmarks rebuild a pruned model's architecture from its per-layer report (latency only)."""
+    from posekit.prune.history import apply_pruning_history, history_for_kept
+
+    kept = {"backbone.block_4b.conv": 96, "stages.1.trunk.conv3.conv": 24}  # of 128 and 32 at width 0.25
+    net = BpNetLite(stages=2, width=0.25)
+    before = sum(p.numel() for p in net.parameters())
+    apply_pruning_history(net, history_for_kept(net, kept))
+    convs = dict(net.named_modules())
+    assert convs["backbone.block_4b.conv"].out_channels == 96 and convs["stages.1.trunk.conv3.conv"].out_channels == 24
+    assert convs["stages.1.trunk.conv4.conv"].in_channels == 24  # the consumer follows
+    assert sum(p.numel() for p in net.parameters()) < before
+    heats, pafs = net(torch.zeros(1, 3, 64, 64))
+    assert heats[-1].shape[1] == net.arch["num_heatmaps"]
+    with pytest.raises(ValueError, match="not a Conv2d"):
+        history_for_kept(BpNetLite(stages=2, width=0.25), {"nope": 8})
+    with pytest.raises(ValueError, match="cannot keep"):
+        history_for_kept(BpNetLite(stages=2, width=0.25), {"backbone.block_4b.conv": 10_000})

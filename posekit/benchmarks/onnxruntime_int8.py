@@ -3,6 +3,8 @@
     python -m posekit.benchmarks.onnxruntime_int8                       # unpruned 3-stage model, 3 resolutions
     python -m posekit.benchmarks.onnxruntime_int8 --model experiments/x/train/model.pt \\
         --model experiments/x/retrain/pth-0.2/model.pt --threads 2 --out ort_int8.json
+    python -m posekit.benchmarks.onnxruntime_int8 --kept docs/measurements/gpu_run3_pruned_channels.json \\
+        --threads 2 --resolutions 288x384                 # unpruned vs the shapes of the GPU run's pruned models
 
 For each model x resolution: export the FP32 ONNX, calibrate once (min-max: the method does not change speed),
 write the INT8 variants, then time ``session.run`` (batch 1, warm-up, median of ``--iters``) for:
@@ -14,6 +16,8 @@ write the INT8 variants, then time ``session.run`` (batch 1, warm-up, median of 
 
 Speed-ups are against the FP32 latency of the first ``--model`` at the same resolution. Without ``--model``
 the unpruned TAO-size network is used with random weights (latency does not depend on the values).
+``--kept FILE`` adds, after the unpruned network, one network per pth of FILE (``{"pth": {pth: {layer: [filters,
+kept]}}}``, e.g. the per-layer report of a prune run): the same architecture as that pruned model, random weights.
 Calibration inputs: ``--calib-images`` (a folder or list file) or uniform noise in the normalized range.
 Run it on an otherwise idle machine: the figures are only as quiet as the CPU.
 """
@@ -69,19 +73,29 @@ def time_session(path: Path, x: np.ndarray, threads: int, warmup: int, iters: in
     return statistics.median(samples)
 
 
-def variants(model_path: str | None, hw: tuple[int, int], calib: np.ndarray | None, folder: Path) -> dict[str, Path]:
+def build_net(model: str | dict | None):
+    """A posekit model file, ``{layer: kept filters}`` (the default network pruned to that shape), or None."""
     import torch
 
+    from posekit.model import BpNetLite, load_model
+    from posekit.prune.history import apply_pruning_history, history_for_kept
+
+    if isinstance(model, str):
+        return load_model(model)[0]
+    torch.manual_seed(0)
+    net = BpNetLite(stages=3, width=1.0)
+    if model:
+        apply_pruning_history(net, history_for_kept(net, model))
+    return net
+
+
+def variants(model: str | dict | None, hw: tuple[int, int], calib: np.ndarray | None, folder: Path) -> dict[str, Path]:
     from posekit.export.calibration import CalibrationReader
     from posekit.export.onnx_export import export_onnx
     from posekit.export.quantize import calibrate, quantize_for_cpu, quantize_for_tensorrt, save_ranges
-    from posekit.model import BpNetLite, FinalStage, load_model
+    from posekit.model import FinalStage
 
-    if model_path:
-        net, _ = load_model(model_path)
-    else:
-        torch.manual_seed(0)
-        net = BpNetLite(stages=3, width=1.0)
+    net = build_net(model)
     fp32 = export_onnx(FinalStage(net).eval(), folder / "fp32.onnx", hw)
     data = calib if calib is not None else np.random.default_rng(0).uniform(-0.5, 0.5, (8, 3, *hw)).astype(np.float32)
     ranges = calibrate(fp32, CalibrationReader(data, "input", 1), "minmax")
@@ -102,6 +116,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--calib-images", help="folder or list file of calibration images")
+    ap.add_argument("--kept", help="JSON of pruned shapes per pth (see above): benchmarked after the unpruned net")
     ap.add_argument("--out", help="write the rows as JSON here")
     args = ap.parse_args()
 
@@ -109,7 +124,13 @@ def main() -> None:
     from posekit.export.calibration import read_image_list
     from posekit.runtime.preprocess import preprocess
 
-    models = args.model or [None]
+    models: list = args.model or [None]
+    labels = {}
+    if args.kept:
+        for pth, layers in json.loads(Path(args.kept).read_text())["pth"].items():
+            shape = {name: int(k) for name, (_, k) in layers.items()}
+            models.append(shape)
+            labels[id(shape)] = f"pruned-{pth} shape (random)"
     rows = []
     print(f"CPU: {cpu_name()} ({os.cpu_count()} logical CPUs; {' '.join(cpu_flags()) or 'no VNNI/AMX'}), "
           f"ORT threads: {args.threads or 'default'}", flush=True)
@@ -123,7 +144,10 @@ def main() -> None:
         x = np.random.default_rng(1).uniform(-0.5, 0.5, (1, 3, *hw)).astype(np.float32)
         baseline = None
         for model in models:
-            label = Path(model).parent.name + "/" + Path(model).name if model else "unpruned (random weights)"
+            if isinstance(model, str):
+                label = Path(model).parent.name + "/" + Path(model).name
+            else:
+                label = labels.get(id(model), "unpruned (random weights)")
             with tempfile.TemporaryDirectory(prefix="posekit-ortbench-") as tmp:
                 for variant, path in variants(model, hw, calib, Path(tmp)).items():
                     ms = time_session(path, x, args.threads, args.warmup, args.iters)

@@ -10,7 +10,7 @@ the file loads with ``torch.load(weights_only=True)``: no pickled modules.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 import torch_pruning as tp
@@ -79,3 +79,23 @@ def apply_pruning_history(model: nn.Module, history: Sequence) -> nn.Module:
                 f"the pruning history does not fit this model ({e}); was it saved for another architecture?"
             ) from e
     return model
+
+
+def history_for_kept(model: nn.Module, kept: Mapping[str, int]) -> list[list]:
+    """A pruning history that leaves conv ``name`` of ``model`` with its first ``kept[name]`` output filters.
+
+    For architecture-only uses (latency does not depend on which filters survive, only on how many): e.g.
+    rebuilding the shape of a model pruned elsewhere from its prune report. Replay it with
+    :func:`apply_pruning_history`. Raises ``ValueError`` for an unknown layer or a count outside [1, filters].
+    """
+    convs = {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    history = []
+    for name, k in kept.items():
+        if name not in convs:
+            raise ValueError(f"{name!r} is not a Conv2d of this model")
+        n = convs[name].out_channels
+        if not 1 <= int(k) <= n:
+            raise ValueError(f"{name}: cannot keep {k} of {n} filters")
+        if int(k) < n:
+            history.append([name, True, list(range(int(k), n))])
+    return history
