@@ -8,7 +8,8 @@
     python -m posekit.benchmarks.gpu_pipeline --phase all    --out DIR  # the whole run in one process, most valuable
                                                                         # first: train; the pth 0.2 pipeline (prune,
                                                                         # retrain, export, eval, bench); pth 0.5 and
-                                                                        # 0.05; the pth x shape sweep (--budget cuts)
+                                                                        # 0.05; the pth x shape sweep; the loader
+                                                                        # phase if 4 min remain (--budget cuts)
     python -m posekit.benchmarks.gpu_pipeline --phase loader --out DIR  # loader alone / from memory / train stage
                                                                         # at 6, 10, 14 workers, with and without L1
     python -m posekit.benchmarks.gpu_pipeline --phase compact --out DIR # short: train 3.5 min, prune 3 pth, retrain
@@ -135,14 +136,14 @@ def phase_train(result: dict, log: list) -> None:
     launch("stage=pipeline", "pipeline.steps=[train]", "experiment.name=gpu", log=log)
 
 
-def phase_loader(result: dict, log: list) -> None:
+def phase_loader(result: dict, log: list, deadline: float | None = None) -> None:
     """Where the gap between the real pipeline and memory-fed training comes from (256x256, 30 s each): the
     worker count (CPU left to the main thread) and the L1 term (per-step work beside the network)."""
     speed_baselines(result)
     for workers, l1 in ((14, 1e-3), (10, 1e-3), (6, 1e-3), (10, 0.0)):
         launch("stage=train", f"experiment.name=loader-w{workers}-l1{l1:g}", "resolution=256x256",
                "train.resume=false", "trainer.max_time=00:00:00:30", "sweep.shared_dir=null",
-               f"data.num_workers={workers}", f"optim.l1_kernel_reg={l1}", log=log)
+               f"data.num_workers={workers}", f"optim.l1_kernel_reg={l1}", log=log, deadline=deadline)
 
 
 def phase_models(result: dict, log: list, pths=PTHS, deadline: float | None = None) -> None:
@@ -255,7 +256,7 @@ def main() -> None:
     deadline = None if args.budget is None else start + args.budget
     base = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "gpus": torch.cuda.device_count(), "recipe": list(RECIPE)}
-    phases = ["train", "pth0.2", "models", "map"] if args.phase == "all" else [args.phase]
+    phases = ["train", "pth0.2", "models", "map", "loader"] if args.phase == "all" else [args.phase]
     for name in phases:  # "all": one process for the whole run, each part's JSON written when it ends
         t0 = time.perf_counter()
         result, log = dict(base, phase=name), []
@@ -276,7 +277,13 @@ def main() -> None:
                 deploy_pipeline(log, deadline=deadline)
             accuracy_latency_map(result, log, out, deadline=deadline)
         elif name == "loader":
-            phase_loader(result, log)
+            if not torch.cuda.is_available():  # its baselines feed a GPU
+                print("phase loader: skipped, no GPU", flush=True)
+                continue
+            if args.phase == "all" and deadline is not None and deadline - time.perf_counter() < 240:
+                print("phase loader: skipped, less than 4 minutes of the budget left", flush=True)
+                continue
+            phase_loader(result, log, deadline=deadline)
         elif name == "compact":
             phase_compact(result, log, deadline=deadline)
             result["shipped"] = ship_models(out)

@@ -150,7 +150,7 @@ class PoseModule(pl.LightningModule):
         Lightning's Timer counts from ``on_train_start`` and keeps its elapsed time across resumes, so it includes
         the seconds before the first step (loader workers start fresh processes: ten-odd seconds with 14 of them).
         Counted in, those seconds would consume a short warm-up before any step ran, and the first steps would
-        take the peak learning rate (the 3.5 min H200 run diverged into the all-background plateau that way).
+        take the peak learning rate (the likely cause of the 3.5 min H200 run's all-background plateau).
         """
         timer = self._timer()
         if timer is None:
