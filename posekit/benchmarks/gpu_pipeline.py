@@ -79,7 +79,7 @@ def loader_throughput(resolution: str = "256x256", seconds: float = 20.0) -> dic
     from posekit.config import compose
     from posekit.data.datamodule import PoseDataModule
 
-    cfg = compose([RECIPE[0], f"resolution={resolution}"])
+    cfg = compose([*RECIPE, f"resolution={resolution}"])
     dm = PoseDataModule(cfg)
     dm.prepare_data()  # generates the synthetic set on first use
     dm.setup("fit")
@@ -136,13 +136,17 @@ def phase_train(result: dict, log: list) -> None:
     launch("stage=pipeline", "pipeline.steps=[train]", "experiment.name=gpu", log=log)
 
 
-def phase_loader(result: dict, log: list, deadline: float | None = None) -> None:
-    """Where the gap between the real pipeline and memory-fed training comes from (256x256, 30 s each): the
-    worker count (CPU left to the main thread) and the L1 term (per-step work beside the network)."""
+LOADER_CONFIGS = ((14, 1e-3), (10, 1e-3), (6, 1e-3), (10, 0.0))  # (data.num_workers, optim.l1_kernel_reg)
+
+
+def phase_loader(result: dict, log: list, deadline: float | None = None, configs=LOADER_CONFIGS,
+                 seconds: int = 30) -> None:
+    """Where the gap between the real pipeline and memory-fed training comes from (256x256, ``seconds`` each):
+    the worker count (CPU left to the main thread) and the L1 term (per-step work beside the network)."""
     speed_baselines(result)
-    for workers, l1 in ((14, 1e-3), (10, 1e-3), (6, 1e-3), (10, 0.0)):
+    for workers, l1 in configs:
         launch("stage=train", f"experiment.name=loader-w{workers}-l1{l1:g}", "resolution=256x256",
-               "train.resume=false", "trainer.max_time=00:00:00:30", "sweep.shared_dir=null",
+               "train.resume=false", f"trainer.max_time=00:00:00:{seconds:02d}", "sweep.shared_dir=null",
                f"data.num_workers={workers}", f"optim.l1_kernel_reg={l1}", log=log, deadline=deadline)
 
 
@@ -242,6 +246,9 @@ def main() -> None:
     ap.add_argument("--ddp-seconds", type=int, default=30)
     ap.add_argument("--preset", default="gpu", help="another preset (e.g. tiny) to dry-run the phases on a CPU")
     ap.add_argument("--override", action="append", default=[], help="extra override for every command")
+    ap.add_argument("--loader-configs", default=None,
+                    help="loader phase: WORKERS:L1,... (default " + ",".join(f"{w}:{l:g}" for w, l in LOADER_CONFIGS) + ")")
+    ap.add_argument("--loader-seconds", type=int, default=30, help="loader phase: time box of each train run")
     ap.add_argument("--budget", type=float, default=None,
                     help="seconds the phase may use (models: the next pth; deploy: the sweep is cut off)")
     args = ap.parse_args()
@@ -283,7 +290,10 @@ def main() -> None:
             if args.phase == "all" and deadline is not None and deadline - time.perf_counter() < 240:
                 print("phase loader: skipped, less than 4 minutes of the budget left", flush=True)
                 continue
-            phase_loader(result, log, deadline=deadline)
+            configs = LOADER_CONFIGS
+            if args.loader_configs:
+                configs = tuple((int(w), float(l1)) for w, l1 in (c.split(":") for c in args.loader_configs.split(",")))
+            phase_loader(result, log, deadline=deadline, configs=configs, seconds=args.loader_seconds)
         elif name == "compact":
             phase_compact(result, log, deadline=deadline)
             result["shipped"] = ship_models(out)
