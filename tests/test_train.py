@@ -230,8 +230,8 @@ class _FakeTimer:
 
 
 def test_schedule_clock_leaves_out_start_up_and_keeps_it_across_resume(monkeypatch):
-    """The seconds before the first step (loader workers starting) must not eat the warm-up: the clock is
-    (elapsed - start-up) / (budget - start-up), and the start-up sum survives a checkpoint."""
+    """The seconds until the first step has ended (first batch, cuDNN autotuning) must not eat the warm-up: the
+    clock is (elapsed - start-up) / (budget - start-up), and the start-up sum survives a checkpoint."""
     from posekit.train.module import PoseModule
 
     arch = dict(stages=2, num_heatmaps=3, num_pafs=2, width=0.125)
@@ -242,9 +242,9 @@ def test_schedule_clock_leaves_out_start_up_and_keeps_it_across_resume(monkeypat
     monkeypatch.setattr(module, "_timer", lambda: timer)
     fraction = module._time_fraction()
     module.on_train_start()
-    timer.now = 20.0  # 20 s of start-up, no step yet
+    timer.now = 20.0  # 20 s of start-up: the first batch and the first (autotuning) step
     assert fraction() == 0.0
-    module.on_train_batch_start(None, 0)
+    module.on_train_batch_end(None, None, 0)
     assert fraction() == pytest.approx(0.0)
     timer.now = 120.0
     assert fraction() == pytest.approx(100.0 / 200.0)
@@ -258,7 +258,7 @@ def test_schedule_clock_leaves_out_start_up_and_keeps_it_across_resume(monkeypat
     fraction = resumed._time_fraction()
     resumed.on_train_start()
     timer.now = 130.0  # 10 s more start-up in the resumed process
-    resumed.on_train_batch_start(None, 0)
+    resumed.on_train_batch_end(None, None, 0)
     assert fraction() == pytest.approx(100.0 / 190.0)
     timer.now = 220.0
     assert fraction() == pytest.approx(1.0)

@@ -97,8 +97,8 @@ class PoseModule(pl.LightningModule):
             self.net.to(memory_format=torch.channels_last)
         if compile:
             self.net.compile()
-        # Seconds of the time budget spent before training steps (process start-up, CUDA init, loader workers
-        # importing their modules), summed over resumed runs; the schedule's clock leaves them out.
+        # Seconds of the time budget spent before the first step had ended (first batch, cuDNN autotuning), summed
+        # over resumed runs; the schedule's clock leaves them out (_time_fraction).
         self._startup_s = 0.0
         self._elapsed_at_start: float | None = None
         self._stepping = False
@@ -147,10 +147,12 @@ class PoseModule(pl.LightningModule):
     def _time_fraction(self) -> Callable[[], float] | None:
         """Share of ``trainer.max_time`` used by training steps so far: (elapsed - start-up) / (budget - start-up).
 
-        Lightning's Timer counts from ``on_train_start`` and keeps its elapsed time across resumes, so it includes
-        the seconds before the first step (loader workers start fresh processes: ten-odd seconds with 14 of them).
-        Counted in, those seconds would consume a short warm-up before any step ran, and the first steps would
-        take the peak learning rate (the likely cause of the 3.5 min H200 run's all-background plateau).
+        Lightning's Timer counts from ``on_train_start`` and keeps its elapsed time across resumes. Start-up here is
+        what the box spends before the first step has finished: the wait for the first batch and the first step
+        itself, which autotunes every convolution (``cudnn.benchmark``) and, with ``train.compile``, compiles.
+        Counted in, those seconds would consume a short warm-up before the optimizer had taken a few steps, and the
+        next steps would run at the peak learning rate (the likely cause of the 3.5 min H200 run's all-background
+        plateau). Like :class:`ThroughputMeter`, the clock starts when the first step ends.
         """
         timer = self._timer()
         if timer is None:
@@ -170,8 +172,8 @@ class PoseModule(pl.LightningModule):
         self._elapsed_at_start = timer.time_elapsed("train") if timer is not None else None
         self._stepping = False
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if not self._stepping:  # the first step of this process: what came before it was start-up
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not self._stepping:  # the first step of this process has ended: everything before it was start-up
             timer = self._timer()
             if timer is not None and self._elapsed_at_start is not None:
                 self._startup_s += max(0.0, timer.time_elapsed("train") - self._elapsed_at_start)
