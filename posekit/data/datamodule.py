@@ -31,9 +31,22 @@ def single_threaded_worker(worker_id: int) -> None:
     cv2.setNumThreads(1)
 
 
+# What the forkserver imports once, before it forks any worker: each worker then starts with torch, OpenCV and
+# albumentations already loaded instead of importing them itself (seconds of CPU per worker, times 14 workers).
+FORKSERVER_PRELOAD = ["__main__", "posekit.data.datamodule"]
+
+
 def worker_context() -> str:
-    """``forkserver`` where the platform has it (Linux), else ``spawn``."""
-    return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    """``forkserver`` where the platform has it (Linux), else ``spawn``.
+
+    Workers never fork from the training process itself: once its OpenCV thread pool has run (an in-process
+    evaluation), a forked worker can hang in its first OpenCV call. The forkserver preloads this module's imports
+    (:data:`FORKSERVER_PRELOAD`; it takes effect when the server starts, at the first loader of the process).
+    """
+    if "forkserver" not in mp.get_all_start_methods():
+        return "spawn"
+    mp.set_forkserver_preload(FORKSERVER_PRELOAD)
+    return "forkserver"
 
 
 class PoseDataModule(pl.LightningDataModule):
