@@ -235,11 +235,12 @@ class _SparsePeaks(torch.nn.Module):
         self.hidden = torch.nn.Conv2d(3, 8, 1)
         self.heat = torch.nn.Conv2d(8, 2, 1)
         self.paf = torch.nn.Conv2d(8, 2, 1)
+        g = torch.Generator().manual_seed(0)
         with torch.no_grad():
-            self.hidden.weight.copy_(torch.rand(8, 3, 1, 1) + 0.5)
+            self.hidden.weight.copy_(torch.rand(8, 3, 1, 1, generator=g) + 0.5)
             self.hidden.bias.fill_(-0.6)  # background (|x| <= 0.5) maps to exactly 0 after the ReLU
             for conv in (self.heat, self.paf):
-                conv.weight.copy_(torch.rand(2, 8, 1, 1) / 8)
+                conv.weight.copy_(torch.rand(2, 8, 1, 1, generator=g) / 8)
                 conv.bias.zero_()
 
     def forward(self, x):
