@@ -230,7 +230,7 @@ class _FakeTimer:
 
 
 def test_schedule_clock_leaves_out_start_up_and_keeps_it_across_resume(monkeypatch):
-    """The seconds until the first step has ended (first batch, cuDNN autotuning) must not eat the warm-up: the
+    """The seconds until the first step has ended (cuDNN autotuning, compilation) must not eat the warm-up: the
     clock is (elapsed - start-up) / (budget - start-up), and the start-up sum survives a checkpoint."""
     from posekit.train.module import PoseModule
 
@@ -242,7 +242,7 @@ def test_schedule_clock_leaves_out_start_up_and_keeps_it_across_resume(monkeypat
     monkeypatch.setattr(module, "_timer", lambda: timer)
     fraction = module._time_fraction()
     module.on_train_start()
-    timer.now = 20.0  # 20 s of start-up: the first batch and the first (autotuning) step
+    timer.now = 20.0  # 20 s of start-up: the first (autotuning) step
     assert fraction() == 0.0
     module.on_train_batch_end(None, None, 0)
     assert fraction() == pytest.approx(0.0)

@@ -246,8 +246,9 @@ def main() -> None:
     ap.add_argument("--ddp-seconds", type=int, default=30)
     ap.add_argument("--preset", default="gpu", help="another preset (e.g. tiny) to dry-run the phases on a CPU")
     ap.add_argument("--override", action="append", default=[], help="extra override for every command")
+    default_configs = ",".join(f"{w}:{l1:g}" for w, l1 in LOADER_CONFIGS)
     ap.add_argument("--loader-configs", default=None,
-                    help="loader phase: WORKERS:L1,... (default " + ",".join(f"{w}:{l:g}" for w, l in LOADER_CONFIGS) + ")")
+                    help=f"loader phase: WORKERS:L1,... (default {default_configs})")
     ap.add_argument("--loader-seconds", type=int, default=30, help="loader phase: time box of each train run")
     ap.add_argument("--budget", type=float, default=None,
                     help="seconds the phase may use (models: the next pth; deploy: the sweep is cut off)")

@@ -97,8 +97,8 @@ class PoseModule(pl.LightningModule):
             self.net.to(memory_format=torch.channels_last)
         if compile:
             self.net.compile()
-        # Seconds of the time budget spent before the first step had ended (first batch, cuDNN autotuning), summed
-        # over resumed runs; the schedule's clock leaves them out (_time_fraction).
+        # Seconds of the time budget spent before the first step had ended (cuDNN autotuning), summed over resumed
+        # runs; the schedule's clock leaves them out (_time_fraction).
         self._startup_s = 0.0
         self._elapsed_at_start: float | None = None
         self._stepping = False
@@ -147,9 +147,9 @@ class PoseModule(pl.LightningModule):
     def _time_fraction(self) -> Callable[[], float] | None:
         """Share of ``trainer.max_time`` used by training steps so far: (elapsed - start-up) / (budget - start-up).
 
-        Lightning's Timer counts from ``on_train_start`` and keeps its elapsed time across resumes. Start-up here is
-        what the box spends before the first step has finished: the wait for the first batch and the first step
-        itself, which autotunes every convolution (``cudnn.benchmark``) and, with ``train.compile``, compiles.
+        Lightning's Timer counts from ``on_train_start`` (after the loader workers and the first batch) and keeps its
+        elapsed time across resumes. Start-up here is what the box spends before the first step has finished: that
+        step autotunes every convolution (``cudnn.benchmark``) and, with ``train.compile``, compiles.
         Counted in, those seconds would consume a short warm-up before the optimizer had taken a few steps, and the
         next steps would run at the peak learning rate (the likely cause of the 3.5 min H200 run's all-background
         plateau). Like :class:`ThroughputMeter`, the clock starts when the first step ends.
