@@ -355,12 +355,12 @@ def test_history_for_kept_rebuilds_a_pruned_shape():
 
     kept = {"backbone.block_4b.conv": 96, "stages.1.trunk.conv3.conv": 24}  # of 128 and 32 at width 0.25
     net = BpNetLite(stages=2, width=0.25)
-    before = sum(p.numel() for p in net.parameters())
+    before = count_parameters(net)["trainable"]
     apply_pruning_history(net, history_for_kept(net, kept))
     convs = dict(net.named_modules())
     assert convs["backbone.block_4b.conv"].out_channels == 96 and convs["stages.1.trunk.conv3.conv"].out_channels == 24
     assert convs["stages.1.trunk.conv4.conv"].in_channels == 24  # the consumer follows
-    assert sum(p.numel() for p in net.parameters()) < before
+    assert count_parameters(net)["trainable"] < before
     heats, pafs = net(torch.zeros(1, 3, 64, 64))
     assert heats[-1].shape[1] == net.arch["num_heatmaps"]
     with pytest.raises(ValueError, match="not a Conv2d"):

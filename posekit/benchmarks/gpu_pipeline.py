@@ -139,6 +139,13 @@ def phase_train(result: dict, log: list) -> None:
 LOADER_CONFIGS = ((14, 1e-3), (10, 1e-3), (6, 1e-3), (10, 0.0))  # (data.num_workers, optim.l1_kernel_reg)
 
 
+def parse_loader_configs(text: str | None) -> tuple[tuple[int, float], ...]:
+    """``"14:1e-3,8:0"`` -> ``((14, 0.001), (8, 0.0))``; None -> :data:`LOADER_CONFIGS`."""
+    if not text:
+        return LOADER_CONFIGS
+    return tuple((int(w), float(l1)) for w, l1 in (c.split(":") for c in text.split(",")))
+
+
 def phase_loader(result: dict, log: list, deadline: float | None = None, configs=LOADER_CONFIGS,
                  seconds: int = 30) -> None:
     """Where the gap between the real pipeline and memory-fed training comes from (256x256, ``seconds`` each):
@@ -280,9 +287,10 @@ def main() -> None:
             deploy_pipeline(log, deadline=deadline)
         elif name == "models":
             phase_models(result, log, pths=(0.5, 0.05) if args.phase == "all" else PTHS, deadline=deadline)
-        elif name in ("deploy", "map"):
-            if name == "deploy":
-                deploy_pipeline(log, deadline=deadline)
+        elif name == "deploy":
+            deploy_pipeline(log, deadline=deadline)
+            accuracy_latency_map(result, log, out, deadline=deadline)
+        elif name == "map":
             accuracy_latency_map(result, log, out, deadline=deadline)
         elif name == "loader":
             if not torch.cuda.is_available():  # its baselines feed a GPU
@@ -291,10 +299,8 @@ def main() -> None:
             if args.phase == "all" and deadline is not None and deadline - time.perf_counter() < 240:
                 print("phase loader: skipped, less than 4 minutes of the budget left", flush=True)
                 continue
-            configs = LOADER_CONFIGS
-            if args.loader_configs:
-                configs = tuple((int(w), float(l1)) for w, l1 in (c.split(":") for c in args.loader_configs.split(",")))
-            phase_loader(result, log, deadline=deadline, configs=configs, seconds=args.loader_seconds)
+            phase_loader(result, log, deadline=deadline, configs=parse_loader_configs(args.loader_configs),
+                         seconds=args.loader_seconds)
         elif name == "compact":
             phase_compact(result, log, deadline=deadline)
             result["shipped"] = ship_models(out)

@@ -124,13 +124,13 @@ def main() -> None:
     from posekit.export.calibration import read_image_list
     from posekit.runtime.preprocess import preprocess
 
-    models: list = args.model or [None]
-    labels = {}
+    # (label, what build_net takes): model files, else the unpruned network; then the --kept shapes
+    models: list[tuple[str, str | dict | None]] = [
+        (Path(m).parent.name + "/" + Path(m).name, m) for m in args.model or []
+    ] or [("unpruned (random weights)", None)]
     if args.kept:
         for pth, layers in json.loads(Path(args.kept).read_text())["pth"].items():
-            shape = {name: int(k) for name, (_, k) in layers.items()}
-            models.append(shape)
-            labels[id(shape)] = f"pruned-{pth} shape (random)"
+            models.append((f"pruned-{pth} shape (random)", {name: int(k) for name, (_, k) in layers.items()}))
     rows = []
     print(f"CPU: {cpu_name()} ({os.cpu_count()} logical CPUs; {' '.join(cpu_flags()) or 'no VNNI/AMX'}), "
           f"ORT threads: {args.threads or 'default'}", flush=True)
@@ -143,11 +143,7 @@ def main() -> None:
                                     for p in read_image_list(args.calib_images, 16)])
         x = np.random.default_rng(1).uniform(-0.5, 0.5, (1, 3, *hw)).astype(np.float32)
         baseline = None
-        for model in models:
-            if isinstance(model, str):
-                label = Path(model).parent.name + "/" + Path(model).name
-            else:
-                label = labels.get(id(model), "unpruned (random weights)")
+        for label, model in models:
             with tempfile.TemporaryDirectory(prefix="posekit-ortbench-") as tmp:
                 for variant, path in variants(model, hw, calib, Path(tmp)).items():
                     ms = time_session(path, x, args.threads, args.warmup, args.iters)
