@@ -204,6 +204,7 @@ class OptimConfig:
     min_lr: float = 1e-6
     stagewise_lr: bool = False  # TAO multipliers: refinement stages x4, biases x2
     l1_kernel_reg: float = 0.0  # TAO: 5e-4 on every conv kernel; pushes weights to zero for pruning
+    l1_bn_gamma: float = 0.0  # posekit: L1 on BatchNorm scales (network slimming) so BN layers' filters die too
 
 
 @dataclass
@@ -223,6 +224,7 @@ class TrainConfig:
 class RetrainConfig:
     model: Optional[str] = None  # default: the experiment's prune/model.pruned-<pth>.pt
     l1_kernel_reg: float = 0.0  # TAO retrain: regularization off
+    l1_bn_gamma: float = 0.0  # off in retrain too
     max_epochs: Optional[int] = None  # default: trainer.max_epochs
     max_time: Optional[str] = None  # "DD:HH:MM:SS"; default: trainer.max_time
     lr_scale: float = 1.0
@@ -236,6 +238,7 @@ class PruneConfig:
     norm: str = "l2"  # l2 | l1: per-filter kernel norm
     normalizer: str = "max"  # max | L2
     equalization: str = "union"  # union | intersection | arithmetic_mean | geometric_mean
+    fold_bn: bool = False  # posekit: norm of the BN-folded kernel (|gamma| / sqrt(var + eps) * W); TAO: raw kernel
     granularity: int = 8  # kept filter count rounded UP to a multiple of this (TAO -pg)
     min_filters: int = 16  # keep at least this many filters per layer (TAO -nf)
     excluded_layers: List[str] = field(default_factory=list)  # conv names as in named_modules(): backbone.block_1a.conv

@@ -137,6 +137,44 @@ def test_l1_norm_and_l2_normalizer(small):
     assert pruned.stages[0].trunk.conv1.conv.out_channels == tao_keep(stat, pth, 16, 8)
 
 
+def test_fold_bn_prunes_switched_off_bn_channels_that_tao_keeps(x):
+    """A channel whose BN scale and shift are 0 outputs exactly 0, yet its raw kernel is as strong as any: TAO's
+    criterion keeps it, ``fold_bn`` (the norm of the BN-folded kernel) removes it, and the outputs stay identical."""
+    torch.manual_seed(3)
+    net = BpNetLite(stages=2, width=0.25).eval()
+    bn = net.backbone.block_3a.bn
+    off = torch.arange(0, bn.num_features, 4).tolist() + torch.arange(1, bn.num_features, 4).tolist()  # half of them
+    with torch.no_grad():
+        bn.weight[off] = 0.0
+        bn.bias[off] = 0.0
+        bn.running_var.uniform_(0.5, 2.0)  # folding divides by sigma: not all 1
+    tao, _, _ = prune_model(net, {"pth": 0.2}, HW)
+    folded, _, report = prune_model(net, {"pth": 0.2, "fold_bn": True}, HW)
+    assert tao.backbone.block_3a.conv.out_channels == bn.num_features  # fresh kernels: all norms alike
+    assert folded.backbone.block_3a.conv.out_channels == bn.num_features - len(off)
+    for a, b in zip(outputs(net, x), outputs(folded, x)):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert report["settings"]["fold_bn"] is True
+
+
+def test_fold_bn_weights_each_filter_by_gamma_over_sigma(small):
+    """fold_bn's statistic is ||W_f|| * |gamma_f| / sqrt(var_f + eps), normalized by the layer max (checked
+    against an independent numpy computation on one BN layer)."""
+    net = spread_norms(BpNetLite(stages=2, width=0.25), seed=4)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.num_features, generator=g) * 2 - 1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.1)
+    pth = 0.3
+    pruned, _, _ = prune_model(net, {"pth": pth, "fold_bn": True, "granularity": 1, "min_filters": 1}, HW)
+    conv, bn = net.backbone.block_1a.conv, net.backbone.block_1a.bn
+    w = conv.weight.detach().numpy().reshape(conv.out_channels, -1)
+    stat = np.linalg.norm(w, axis=1) * np.abs(bn.weight.detach().numpy()) / np.sqrt(bn.running_var.numpy() + bn.eps)
+    assert pruned.backbone.block_1a.conv.out_channels == tao_keep(stat / stat.max(), pth, 1, 1)
+
+
 def test_output_heads_and_excluded_layers_keep_channels(small, x):
     excluded = ["backbone.block_4b.conv", "stages.1.trunk.conv2.conv"]
     pruned, _, report = prune_model(small, {"pth": 0.95, "excluded_layers": excluded}, HW)
@@ -292,7 +330,7 @@ def test_pruned_model_exports_to_onnx(small, tmp_path):
 
 def test_settings_validation():
     for bad in ({"pth": -0.1}, {"pth": "abc"}, {"pth": float("nan")}, {"pth": 0.2, "equalization": "max"},
-                {"pth": 0.2, "norm": "l3"}, {"pth": 0.2, "normalizer": "l2"}, {"pth": 0.2, "granularity": 0}):
+                {"pth": 0.2, "norm": "l3"}, {"pth": 0.2, "normalizer": "l2"}, {"pth": 0.2, "granularity": 0}, {"pth": 0.2, "fold_bn": "yes"}):
         with pytest.raises(ConfigError, match="prune"):
             PruneSettings.from_config(bad)
     with pytest.raises(ConfigError, match="backbone.block_1a.conv"):  # unknown name -> lists the valid ones

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from posekit.model.bpnet import BpNetLite
-from posekit.train.loss import conv_kernels, l1_penalty, masked_l2, pose_loss
+from posekit.train.loss import bn_scales, conv_kernels, l1_penalty, masked_l2, pose_loss
 from posekit.train.optim import (
     build_optimizer,
     cosine_factor,
@@ -121,6 +121,48 @@ def test_l1_gradient_is_factor_times_sign():
     (0.1 * l1_penalty(conv_kernels(conv))).backward()
     assert torch.allclose(conv.weight.grad, 0.1 * conv.weight.sign())
     assert conv.bias.grad is None
+
+
+def test_bn_scales_are_every_batchnorm_gamma_and_nothing_else():
+    net = BpNetLite(stages=2, num_heatmaps=5, num_pafs=6, width=0.125)
+    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    scales = bn_scales(net)
+    assert len(scales) == len(bns) == 11  # the backbone's conv-BN-ReLU blocks
+    assert all(s is m.weight for s, m in zip(scales, bns))
+    assert l1_penalty(scales).item() == pytest.approx(sum(m.weight.abs().sum().item() for m in bns))
+
+
+def _gamma_after_steps(l1_bn_gamma: float, steps: int = 30) -> torch.Tensor:
+    """|gamma| of every BN channel after ``steps`` training steps of a tiny network on one fixed batch."""
+    from posekit.train.module import PoseModule
+
+    torch.manual_seed(0)
+    arch = dict(stages=2, num_heatmaps=3, num_pafs=2, width=0.125)
+    optim = dict(name="adamw", lr=1e-2, weight_decay=0.0, l1_kernel_reg=0.0, l1_bn_gamma=l1_bn_gamma)
+    module = PoseModule(arch, optim, head_init="kaiming")
+    module.log = module.log_dict = lambda *a, **k: None  # no Trainer here
+    group = {"lr": 1e-2}
+    module.trainer = type("T", (), {"optimizers": [type("O", (), {"param_groups": [group]})()]})()  # for train/lr
+    opt = torch.optim.Adam(module.net.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(1)
+    batch = {"image": torch.randint(0, 255, (2, 3, 32, 32), generator=g, dtype=torch.uint8),
+             "heatmaps": torch.rand(2, 3, 4, 4, generator=g), "pafs": torch.rand(2, 2, 4, 4, generator=g),
+             "mask": torch.ones(2, 1, 4, 4)}
+    for _ in range(steps):
+        opt.zero_grad()
+        module.training_step(batch, 0).backward()
+        opt.step()
+    return torch.cat([s.detach().abs() for s in bn_scales(module.net)])
+
+
+def test_l1_bn_gamma_switches_channels_off():
+    """optim.l1_bn_gamma (network slimming) adds factor * sum|gamma| to the objective: with a factor that outweighs
+    the data term, the BN scales go to ~0 (Adam moves them ~lr per step); without it they stay near 1."""
+    free = _gamma_after_steps(0.0)
+    slim = _gamma_after_steps(1e3)
+    assert free.median() > 0.8
+    assert slim.median() < 0.8 * free.median() and slim.max() < free.max()
+    assert slim.mean() < free.mean() - 0.2
 
 
 # --------------------------------------------------------------------------------------------- LR multipliers
@@ -308,6 +350,11 @@ def test_train_cli_writes_checkpoints_model_and_summary(tiny_run):
     assert math.isfinite(m["train/loss"]) and m["train/loss"] > 0
     assert 0.0 <= m["val/AP"] <= 1.0  # computed by the evaluator (tiny is far too short to learn)
     assert m["train/images_per_s"] > 0
+    # where the launch's seconds went before training ran at speed (StartupClock)
+    phases = s["figures"]["startup"]
+    assert set(phases) == {"data_s", "trainer_s", "first_batch_s", "first_step_s"}
+    assert all(v >= 0 for v in phases.values()) and phases["first_step_s"] > 0
+    assert m["startup_s"] == pytest.approx(sum(phases.values()), abs=0.1)
 
 
 @pytest.mark.slow

@@ -5,11 +5,13 @@
     python -m posekit.benchmarks.gpu_pipeline --phase deploy --out DIR  # pth 0.2: export fp32/fp16/int8, eval, bench;
                                                                         # then the pth x shape sweep (map)
     python -m posekit.benchmarks.gpu_pipeline --phase ddp    --out DIR  # 1 vs 2 GPUs (trainer=ddp), 256x256
-    python -m posekit.benchmarks.gpu_pipeline --phase all    --out DIR  # the whole run in one process, most valuable
-                                                                        # first: train; the pth 0.2 pipeline (prune,
-                                                                        # retrain, export, eval, bench); pth 0.5 and
-                                                                        # 0.05; the pth x shape sweep; the loader
-                                                                        # phase if 4 min remain (--budget cuts)
+    python -m posekit.benchmarks.gpu_pipeline --phase all    --out DIR  # the whole run in one process: train (with
+                                                                        # --candidate twice: two recipes at once,
+                                                                        # the better carries on); prune + retrain at
+                                                                        # pth 0.2 and --pths at once; the pth 0.2
+                                                                        # pipeline (export, eval, bench); the pth x
+                                                                        # shape map; the loader phase if 4 min remain
+                                                                        # (--budget cuts)
     python -m posekit.benchmarks.gpu_pipeline --phase loader --out DIR  # loader alone / from memory / train stage
                                                                         # at 6, 10, 14 workers, with and without L1
     python -m posekit.benchmarks.gpu_pipeline --phase compact --out DIR # short: train 3.5 min, prune 3 pth, retrain
@@ -45,9 +47,13 @@ PTHS = (0.05, 0.2, 0.5)
 RECIPE = ["preset=gpu", f"sweep.shared_dir={SHARED}"]
 
 
+def command(*overrides: str) -> list[str]:
+    return [sys.executable, str(ROOT / "launch.py"), *RECIPE, *overrides]
+
+
 def launch(*overrides: str, log: list, deadline: float | None = None) -> int:
     """``python launch.py RECIPE overrides``, killed at ``deadline`` (a ``time.perf_counter()`` value) if given."""
-    cmd = [sys.executable, str(ROOT / "launch.py"), *RECIPE, *overrides]
+    cmd = command(*overrides)
     print("\n$", " ".join(cmd[1:]), flush=True)
     t0 = time.perf_counter()
     timeout = None if deadline is None else max(deadline - t0, 1.0)
@@ -57,6 +63,83 @@ def launch(*overrides: str, log: list, deadline: float | None = None) -> int:
         rc = 124
     log.append({"cmd": " ".join(cmd[2:]), "rc": rc, "wall_s": round(time.perf_counter() - t0, 1)})
     return rc
+
+
+def launch_together(runs: list[list[str]], log: list, deadline: float | None = None,
+                    logs: list[str] | None = None) -> list[int]:
+    """Several ``launch.py`` commands at once (one GPU, the CPU cores split between their loaders); each one's
+    output goes to ``experiments/<logs[i] or its experiment name>.log``. Returns their exit codes, in order."""
+    procs = []
+    t0 = time.perf_counter()
+    for i, overrides in enumerate(runs):
+        cmd = command(*overrides)
+        name = logs[i] if logs else next((o.split("=", 1)[1] for o in overrides if o.startswith("experiment.name=")),
+                                         str(i))
+        print("\n$ (background)", " ".join(cmd[1:]), f"> {name}.log", flush=True)
+        out = open(EXP / f"{name}.log", "w")
+        procs.append((subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT), out, cmd))
+    codes = []
+    for proc, out, cmd in procs:
+        try:
+            timeout = None if deadline is None else max(deadline - time.perf_counter(), 1.0)
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = 124
+        out.close()
+        codes.append(rc)
+        log.append({"cmd": " ".join(cmd[2:]), "rc": rc, "wall_s": round(time.perf_counter() - t0, 1)})
+    return codes
+
+
+def candidate_figures(name: str, pth: float = 0.2) -> dict:
+    """Trained AP and the share of parameters pruning at ``pth`` keeps, from experiment ``name``'s pipeline."""
+    path = EXP / name / "pipeline" / "summary.json"
+    rows = json.loads(path.read_text()).get("rows", []) if path.exists() else []
+    by_label = {r.get("label"): r for r in rows if r.get("kind") == "model"}
+    trained, pruned = by_label.get("trained", {}), by_label.get(f"pruned-{pth:g}", {})
+    kept = pruned["params"] / trained["params"] if trained.get("params") and pruned.get("params") else None
+    return {"name": name, "trained_AP": trained.get("AP"), "pruned_AP": pruned.get("AP"), "kept": kept}
+
+
+def choose(figures: list[dict], max_kept: float = 1 / 3, min_ap: float = 0.70) -> int:
+    """Index of the candidate to carry on with: issue 7's targets first (pth 0.2 keeps <= 1/3 of the parameters and
+    the trained AP >= 0.70), then the pruning target alone, then the trained AP."""
+
+    def score(f: dict) -> tuple:
+        ap = f["trained_AP"] if f["trained_AP"] is not None else -1.0
+        small = f["kept"] is not None and f["kept"] <= max_kept
+        return (small and ap >= min_ap, small, ap)
+
+    return max(range(len(figures)), key=lambda i: score(figures[i]))
+
+
+def phase_candidates(result: dict, candidates: list[list[str]], log: list, deadline: float | None = None) -> str:
+    """Train one model per candidate recipe at once, evaluate it and prune it at pth 0.2; keep the one
+    :func:`choose` picks: its overrides join :data:`RECIPE` for the rest of the run. Returns its experiment name."""
+    workers = max(2, (os.cpu_count() or 16) // len(candidates) - 1)
+    runs = [["stage=pipeline", "pipeline.steps=[train,eval,prune,eval]", "prune.pth=0.2", f"experiment.name=gpu-c{i}",
+             f"data.num_workers={workers}", *c] for i, c in enumerate(candidates)]
+    launch_together(runs, log, deadline=deadline)
+    figures = [dict(candidate_figures(f"gpu-c{i}"), overrides=c) for i, c in enumerate(candidates)]
+    best = choose(figures)
+    result["candidates"], result["chosen"] = figures, best
+    print("candidates:", json.dumps(figures, indent=1), "\nchosen:", best, flush=True)
+    RECIPE.extend(candidates[best])
+    trained = json.loads((EXP / f"gpu-c{best}" / "pipeline" / "summary.json").read_text())["artifacts"].get("trained")
+    if trained:  # the same model pruned by TAO's criterion (raw kernel norms), for comparison with fold_bn
+        launch("stage=prune", "sweep.shared_dir=null", f"prune.model={trained}", "prune.pth=0.2",
+               "prune.fold_bn=false", "experiment.name=tao-criterion", log=log, deadline=deadline)
+    return f"gpu-c{best}"
+
+
+def phase_retrains(log: list, pths: tuple[float, ...], name: str, deadline: float | None = None) -> None:
+    """Prune and retrain at every pth at once (the GPU is loader-bound, so the retrains share it at little cost):
+    each pth's pipeline up to its retrained model's evaluation, with the CPU cores split between the loaders."""
+    workers = max(2, (os.cpu_count() or 16) // len(pths) - 1)
+    launch_together([["stage=pipeline", "pipeline.steps=[train,eval,prune,eval,retrain,eval]", f"prune.pth={p:g}",
+                      f"experiment.name={name}", f"data.num_workers={workers}"] for p in pths], log, deadline=deadline,
+                    logs=[f"{name}-retrain-{p:g}" for p in pths])
 
 
 def summaries(root: Path) -> dict:
@@ -157,22 +240,25 @@ def phase_loader(result: dict, log: list, deadline: float | None = None, configs
                f"data.num_workers={workers}", f"optim.l1_kernel_reg={l1}", log=log, deadline=deadline)
 
 
-def phase_models(result: dict, log: list, pths=PTHS, deadline: float | None = None) -> None:
+def phase_models(result: dict, log: list, pths=PTHS, deadline: float | None = None, name: str = "gpu") -> None:
     for pth in pths:  # the eval of the trained model runs once (later calls find its record)
-        launch("stage=pipeline", "experiment.name=gpu", f"prune.pth={pth}",
+        launch("stage=pipeline", f"experiment.name={name}", f"prune.pth={pth}",
                "pipeline.steps=[train,eval,prune,eval,retrain,eval]", log=log, deadline=deadline)
 
 
-def deploy_pipeline(log: list, deadline: float | None = None) -> None:
+def deploy_pipeline(log: list, deadline: float | None = None, name: str = "gpu") -> None:
     """pth 0.2 through the whole life cycle: the pipeline table of docs/results.md."""
-    launch("stage=pipeline", "experiment.name=gpu", "prune.pth=0.2",
+    launch("stage=pipeline", f"experiment.name={name}", "prune.pth=0.2",
            "pipeline.steps=[train,eval,prune,eval,retrain,eval,export,eval,bench]",
            "pipeline.precisions=[fp32,fp16,int8]", log=log, deadline=deadline)
 
 
-def accuracy_latency_map(result: dict, log: list, out: Path, deadline: float | None = None) -> None:
-    """The pth x shape sweep over the models already made (docs/results.md's map), its report shipped to ``out``."""
-    rc = launch("+sweep=pth_shape", "eval.max_images=100", log=log, deadline=deadline)
+def accuracy_latency_map(result: dict, log: list, out: Path, deadline: float | None = None,
+                         pths: tuple[float, ...] | None = None) -> None:
+    """The pth x shape sweep over the models already made (docs/results.md's map), its report shipped to ``out``.
+    ``pths``: the thresholds to map (default: the sweep's own, 0.05, 0.2, 0.5)."""
+    grid = [f"prune.pth={','.join(f'{p:g}' for p in pths)}"] if pths else []
+    rc = launch("+sweep=pth_shape", "eval.max_images=100", *grid, log=log, deadline=deadline)
     if rc != 0:  # cut off by the deadline (or a job crashed the sweep): report what finished, unfinished as rows
         subprocess.run([sys.executable, "-m", "posekit.sweep.report", str(EXP / "sweeps" / "pth_shape")], cwd=ROOT)
     report = EXP / "sweeps" / "pth_shape" / "report"
@@ -230,10 +316,10 @@ def ship_models(out: Path, max_files: int = 5, max_bytes: float = 52 * 2**20, pa
     return written
 
 
-def finish(result: dict, log: list, out: Path, name: str, start: float) -> None:
+def finish(result: dict, log: list, out: Path, name: str, start: float, experiment: str = "gpu") -> None:
     result["commands"] = log
     result["summaries"] = summaries(EXP)
-    pipe = EXP / "gpu" / "pipeline" / "pipeline.md"
+    pipe = EXP / experiment / "pipeline" / "pipeline.md"
     if pipe.exists():
         result["pipeline_md"] = pipe.read_text()
         print(pipe.read_text())
@@ -257,6 +343,12 @@ def main() -> None:
     ap.add_argument("--loader-configs", default=None,
                     help=f"loader phase: WORKERS:L1,... (default {default_configs})")
     ap.add_argument("--loader-seconds", type=int, default=30, help="loader phase: time box of each train run")
+    ap.add_argument("--candidate", action="append", default=[],
+                    help="all: a recipe to try (space-separated overrides); with two or more, their models train at "
+                         "once on the GPU and the run carries on with the one that meets the targets best")
+    ap.add_argument("--pths", default=None,
+                    help="all: the thresholds besides 0.2 that get a retrained model and a row of the map, e.g. 0.5 "
+                         "(default 0.5,0.05)")
     ap.add_argument("--budget", type=float, default=None,
                     help="seconds the phase may use (models: the next pth; deploy: the sweep is cut off)")
     args = ap.parse_args()
@@ -271,27 +363,38 @@ def main() -> None:
     deadline = None if args.budget is None else start + args.budget
     base = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "gpus": torch.cuda.device_count(), "recipe": list(RECIPE)}
-    phases = ["train", "pth0.2", "models", "map", "loader"] if args.phase == "all" else [args.phase]
+    phases = ["train", "retrain", "pth0.2", "map", "loader"] if args.phase == "all" else [args.phase]
+    candidates = [c.split() for c in args.candidate]
+    if len(candidates) == 1:
+        RECIPE.extend(candidates[0])
+    experiment = "gpu"
+    extra_pths = tuple(float(p) for p in args.pths.split(",")) if args.pths else (0.5, 0.05)
     for name in phases:  # "all": one process for the whole run, each part's JSON written when it ends
         t0 = time.perf_counter()
         result, log = dict(base, phase=name), []
         if deadline is not None and time.perf_counter() > deadline:
             print(f"phase {name}: skipped, the budget is spent", flush=True)
             continue
-        if name == "train":
+        if name == "train" and len(candidates) > 1:
+            experiment = phase_candidates(result, candidates, log, deadline=deadline)
+        elif name == "train":
             if args.phase == "all":  # the speed baselines are --phase train/loader's; "all" saves their minutes
                 launch("stage=pipeline", "pipeline.steps=[train]", "experiment.name=gpu", log=log, deadline=deadline)
             else:
                 phase_train(result, log)
+        elif name == "retrain":
+            phase_retrains(log, (0.2, *extra_pths), experiment, deadline=deadline)
         elif name == "pth0.2":
-            deploy_pipeline(log, deadline=deadline)
+            deploy_pipeline(log, deadline=deadline, name=experiment)
         elif name == "models":
-            phase_models(result, log, pths=(0.5, 0.05) if args.phase == "all" else PTHS, deadline=deadline)
+            phase_models(result, log, pths=extra_pths if args.phase == "all" else PTHS, deadline=deadline,
+                         name=experiment)
         elif name == "deploy":
             deploy_pipeline(log, deadline=deadline)
             accuracy_latency_map(result, log, out, deadline=deadline)
         elif name == "map":
-            accuracy_latency_map(result, log, out, deadline=deadline)
+            accuracy_latency_map(result, log, out, deadline=deadline,
+                                 pths=tuple(sorted({0.2, *extra_pths})) if args.pths else None)
         elif name == "loader":
             if not torch.cuda.is_available():  # its baselines feed a GPU
                 print("phase loader: skipped, no GPU", flush=True)
@@ -306,7 +409,7 @@ def main() -> None:
             result["shipped"] = ship_models(out)
         else:
             ddp_scaling(log, seconds=args.ddp_seconds)
-        finish(result, log, out, name, t0)
+        finish(result, log, out, name, t0, experiment)
     print(f"total: {time.perf_counter() - start:.0f} s")
 
 

@@ -2,7 +2,8 @@
 
 TAO (``nvidia_tao_tf1/core/pruning``), per conv layer, on the *unpruned* weights:
 
-    norm_f = ||W[f]||_2 over (C_in, kh, kw)            (bias and BN gamma ignored; L1 selectable here)
+    norm_f = ||W[f]||_2 over (C_in, kh, kw)            (bias and BN gamma ignored; L1 selectable here;
+                                                        prune.fold_bn=true: of the BN-folded kernel, posekit's)
     stat   = norm / max(norm)                          (normalizer 'max'; 'L2': norm / ||norm||_2 * len(norm))
     keep   = #{f : stat_f > pth}, at least min(min_filters, C_out), rounded UP to a multiple of the
              granularity (capped at C_out); the top-``keep`` filters by stat are retained.
@@ -49,6 +50,7 @@ class PruneSettings:
     norm: str = "l2"
     normalizer: str = "max"
     equalization: str = "union"
+    fold_bn: bool = False
     granularity: int = 8
     min_filters: int = 16
     excluded_layers: tuple[str, ...] = field(default_factory=tuple)
@@ -75,6 +77,7 @@ class PruneSettings:
             norm=str(get("norm", "l2")),
             normalizer=str(get("normalizer", "max")),
             equalization=str(get("equalization", "union")),
+            fold_bn=get("fold_bn", False),
             granularity=get("granularity", 8),
             min_filters=get("min_filters", 16),
             excluded_layers=_names(get("excluded_layers", None)),
@@ -83,6 +86,8 @@ class PruneSettings:
             if getattr(settings, key) not in allowed:
                 value = getattr(settings, key)
                 raise ConfigError(f"prune.{key}={value!r} is not allowed; allowed values: {list(allowed)}")
+        if not isinstance(settings.fold_bn, bool):
+            raise ConfigError(f"prune.fold_bn={settings.fold_bn!r} must be true or false")
         for key in ("granularity", "min_filters"):
             value = getattr(settings, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -95,6 +100,7 @@ class PruneSettings:
             "norm": self.norm,
             "normalizer": self.normalizer,
             "equalization": self.equalization,
+            "fold_bn": self.fold_bn,
             "granularity": self.granularity,
             "min_filters": self.min_filters,
             "excluded_layers": list(self.excluded_layers),
@@ -136,6 +142,37 @@ def filter_norms(weight: torch.Tensor, norm: str = "l2") -> torch.Tensor:
     """``weight`` (C_out, C_in / groups, kh, kw) -> (C_out,) float64 L2 (or L1) norm of each output filter."""
     w = weight.detach().flatten(1).double()
     return w.abs().sum(1) if norm == "l1" else w.square().sum(1).sqrt()
+
+
+def bn_fold_scale(bn: nn.BatchNorm2d) -> torch.Tensor:
+    """(C,) float64 ``|gamma| / sqrt(running_var + eps)``: what folding ``bn`` into the conv before it multiplies
+    each output filter by (the kernel the exported, BN-folded network runs is ``W[f] * gamma_f / sigma_f``)."""
+    var = bn.running_var.detach().double() if bn.running_var is not None else torch.ones(bn.num_features).double()
+    gamma = bn.weight.detach().double().abs() if bn.weight is not None else torch.ones_like(var)
+    return gamma / (var + bn.eps).sqrt()
+
+
+def following_bn(graph: Any, conv: nn.Conv2d) -> nn.BatchNorm2d | None:
+    """The BatchNorm that directly consumes ``conv``'s output in Torch-Pruning's graph, if it is the only consumer."""
+    node = graph.module2node.get(conv)
+    outs = [] if node is None else [o.module for o in node.outputs]
+    return outs[0] if len(outs) == 1 and isinstance(outs[0], nn.modules.batchnorm._BatchNorm) else None
+
+
+def layer_stat(graph: Any, conv: nn.Conv2d, settings: PruneSettings) -> torch.Tensor:
+    """(C_out,) per-layer normalized filter statistic of ``conv``.
+
+    TAO's (``fold_bn=False``): the raw kernel's norm, BN ignored. After a conv comes BatchNorm, which undoes any
+    scaling of the kernel, so that norm says little about what a filter contributes: a filter whose BN scale is ~0
+    (switched off, e.g. by ``optim.l1_bn_gamma``) can look as strong as any. ``fold_bn=True`` measures the kernel
+    as the deployed network runs it, BN folded in.
+    """
+    stat = filter_norms(conv.weight, settings.norm)
+    if settings.fold_bn:
+        bn = following_bn(graph, conv)
+        if bn is not None:
+            stat = stat * bn_fold_scale(bn)
+    return normalize(stat, settings.normalizer)
 
 
 def normalize(stat: torch.Tensor, normalizer: str = "max") -> torch.Tensor:
@@ -232,9 +269,9 @@ def plan_pruning(model: nn.Module, settings: PruneSettings, graph: Any = None) -
                     f"{names[conv]} is coupled to {names[root]} through a channel remapping (split/slice); "
                     "threshold pruning supports residual adds, multiplies, depthwise convs and concats"
                 )
-            layer_stat = normalize(filter_norms(conv.weight, settings.norm), settings.normalizer)
-            stat = torch.empty(n, dtype=layer_stat.dtype)
-            stat[torch.as_tensor(item.root_idxs)] = layer_stat[torch.as_tensor(item.idxs)]
+            per_filter = layer_stat(graph, conv, settings)
+            stat = torch.empty(n, dtype=per_filter.dtype)
+            stat[torch.as_tensor(item.root_idxs)] = per_filter[torch.as_tensor(item.idxs)]
             members[names[conv]] = stat
         if not members:
             continue

@@ -48,6 +48,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     optim = plain(cfg.optim)
     optim["l1_kernel_reg"] = float(cfg.retrain.l1_kernel_reg)
+    optim["l1_bn_gamma"] = float(cfg.retrain.l1_bn_gamma)
     max_epochs = int(cfg.retrain.max_epochs if cfg.retrain.max_epochs is not None else cfg.trainer.max_epochs)
     meta = {
         **info["meta"],

@@ -42,6 +42,7 @@ def stage_metrics(result: FitResult) -> dict[str, Any]:
         "epochs": f.get("epochs"),
         "global_step": f.get("global_step"),
         "train_wall_s": f.get("train_wall_s"),
+        "startup_s": round(sum(f["startup"].values()), 1) if f.get("startup") else None,
     }
 
 

@@ -75,6 +75,57 @@ class ThroughputMeter(Callback):
         self.epochs = [float(v) for v in state_dict.get("epochs", [])]
 
 
+class StartupClock(Callback):
+    """Where a launch's seconds go before training runs at speed, logged once and kept for ``summary.json``.
+
+    Phases, from ``t0`` (when ``fit()`` began): ``data_s`` building the datasets (annotations, main-person
+    selection), ``trainer_s`` up to ``on_train_start`` (model to device, strategy, optimizer), ``first_batch_s``
+    the loader workers' start and the first batch, ``first_step_s`` the first optimizer step (cuDNN autotuning,
+    compilation). Lightning's ``max_time`` clock starts at ``on_train_start``, so only the last two count against
+    a time box, and the learning-rate schedule leaves them out (``PoseModule._time_fraction``).
+    """
+
+    def __init__(self, t0: float | None = None) -> None:
+        self.t0 = time.perf_counter() if t0 is None else t0
+        self.marks: dict[str, float] = {}
+
+    def _mark(self, name: str) -> None:
+        self.marks.setdefault(name, time.perf_counter())
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._mark("setup")  # Lightning calls the datamodule's setup() first
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._mark("train_start")
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._mark("first_batch")
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if "first_step" in self.marks:
+            return
+        _sync(pl_module.device)
+        self._mark("first_step")
+        phases = self.phases()
+        log.info(
+            "start-up %.1f s: datasets %.1f s, trainer %.1f s, loader workers + first batch %.1f s, first step %.1f s",
+            sum(phases.values()), *phases.values(),
+        )  # fmt: skip
+
+    def phases(self) -> dict[str, float]:
+        """Seconds per phase (the phases reached so far; a missing mark counts as 0)."""
+        names = ("setup", "train_start", "first_batch", "first_step")
+        keys = ("data_s", "trainer_s", "first_batch_s", "first_step_s")
+        out, prev = {}, self.t0
+        for name, key in zip(names, keys):
+            t = self.marks.get(name, prev)
+            out[key] = round(max(0.0, t - prev), 3)
+            prev = t
+        return out
+
+
 class ValidationAP(Callback):
     """COCO keypoint AP of the live network on the val images, logged as ``val/AP``.
 

@@ -31,7 +31,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from posekit.config import ConfigError
 from posekit.errors import UserError
 from posekit.model.io import save_model
-from posekit.train.callbacks import EpochHistory, ThroughputMeter, ValidationAP, snapshot
+from posekit.train.callbacks import EpochHistory, StartupClock, ThroughputMeter, ValidationAP, snapshot
 from posekit.train.module import PoseModule
 
 log = logging.getLogger("posekit.train")
@@ -227,6 +227,7 @@ def fit(
     """
     from posekit.data.datamodule import PoseDataModule
 
+    startup = StartupClock()
     if max_epochs < 1 and int(cfg.trainer.max_steps) < 1:
         raise ConfigError("nothing to train: set trainer.max_epochs >= 1 (or retrain.max_epochs) or trainer.max_steps")
     pl.seed_everything(int(cfg.seed), workers=True)
@@ -268,7 +269,7 @@ def fit(
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    callbacks = [meter, *([ap_cb] if ap_cb else []), history, last_cb, best_cb]
+    callbacks = [startup, meter, *([ap_cb] if ap_cb else []), history, last_cb, best_cb]
     loggers = [
         CSVLogger(save_dir=str(stage_dir), name="csv"),
         TensorBoardLogger(save_dir=str(stage_dir), name="tensorboard", default_hp_metric=False),
@@ -340,6 +341,7 @@ def fit(
     if ap_cb is not None and ap_cb.best is not None:
         figures["best_val_AP"] = ap_cb.best
     figures["global_step"] = result.global_step
+    figures["startup"] = startup.phases()
     figures["monitor"] = val.monitor
     figures["best_monitor_value"] = float(best_cb.best_model_score) if best_cb.best_model_score is not None else None
     result.figures = figures

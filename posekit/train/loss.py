@@ -68,8 +68,21 @@ def conv_kernels(net: nn.Module) -> list[torch.Tensor]:
     return [m.weight for m in net.modules() if isinstance(m, nn.Conv2d)]
 
 
+def bn_scales(net: nn.Module) -> list[torch.Tensor]:
+    """Every BatchNorm scale (gamma, (C,)) of ``net``: what ``optim.l1_bn_gamma`` regularizes.
+
+    Why (posekit's addition to TAO's recipe): a conv followed by BN is scale-invariant, so TAO's kernel L1 only
+    shrinks all of a layer's filters together and their norms, relative to the layer's max, settle in proportion to
+    each filter's usefulness instead of collapsing; threshold pruning then finds few filters to remove in the
+    backbone. L1 on gamma (Liu et al., "Network Slimming", ICCV 2017) switches whole channels off; once a gamma is
+    ~0, its kernel gets no gradient from the loss and the kernel L1 drives it to zero, which TAO's kernel-norm
+    criterion sees.
+    """
+    return [m.weight for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
+
+
 def l1_penalty(kernels: Iterable[torch.Tensor]) -> torch.Tensor:
-    """``sum_k sum |W_k|`` over the given kernels (multiply by the factor yourself); biases and BN excluded."""
+    """``sum_k sum |W_k|`` over the given tensors (conv kernels, BN scales); multiply by the factor yourself."""
     kernels = list(kernels)
     if not kernels:
         return torch.zeros(())

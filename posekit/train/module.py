@@ -17,7 +17,7 @@ from pytorch_lightning.callbacks import Timer
 
 from posekit.data.images import normalize_tensor
 from posekit.model.bpnet import BpNetLite, build_model
-from posekit.train.loss import conv_kernels, l1_penalty, pose_loss
+from posekit.train.loss import bn_scales, conv_kernels, l1_penalty, pose_loss
 from posekit.train.optim import build_optimizer
 
 
@@ -92,6 +92,7 @@ class PoseModule(pl.LightningModule):
         )
         self.net = net if net is not None else build_network(arch, pruning_history, head_init)
         self.l1_factor = float(optim.get("l1_kernel_reg", 0.0))
+        self.l1_gamma = float(optim.get("l1_bn_gamma", 0.0))
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -119,8 +120,12 @@ class PoseModule(pl.LightningModule):
         objective = loss
         if self.l1_factor > 0:
             reg = self.l1_factor * l1_penalty(conv_kernels(self.net))
-            objective = loss + reg
+            objective = objective + reg
             self.log("train/l1", reg.detach(), on_step=True, on_epoch=True, batch_size=bs)
+        if self.l1_gamma > 0:
+            reg = self.l1_gamma * l1_penalty(bn_scales(self.net))
+            objective = objective + reg
+            self.log("train/l1_bn_gamma", reg.detach(), on_step=True, on_epoch=True, batch_size=bs)
         # train/loss is the data term (comparable with val/loss across recipes); the L1 term is logged apart.
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
         self.log_dict({f"train/{k}": v for k, v in parts.items()}, on_step=True, on_epoch=True, batch_size=bs)
