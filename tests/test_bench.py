@@ -64,3 +64,30 @@ def test_bench_cli_on_cpu(tmp_path, coco_sample):
     assert "net median ms" in proc.stdout  # the table is printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metrics"]["latency_ms"] == rows[0]["network"]["median_ms"]
+
+
+# --------------------------------------------------------------------------------------------- GPU run driver
+def test_gpu_driver_picks_the_candidate_that_meets_the_targets(tmp_path, monkeypatch):
+    """``gpu_pipeline --candidate``: the recipe carried on is the one meeting issue 7's targets (pth 0.2 keeps <= 1/3
+    of the parameters and trained AP >= 0.70), else the one meeting the pruning target, else the best trained AP;
+    its figures come from each candidate's pipeline summary."""
+    import json
+
+    from posekit.benchmarks import gpu_pipeline as drv
+
+    def write(name: str, ap: float | None, params_pruned: int) -> None:
+        rows = [{"kind": "model", "label": "trained", "AP": ap, "params": 300},
+                {"kind": "model", "label": "pruned-0.2", "AP": 0.0, "params": params_pruned},
+                {"kind": "artifact", "label": "pruned-0.2", "AP": 0.5, "params": 1}]
+        (tmp_path / name / "pipeline").mkdir(parents=True)
+        (tmp_path / name / "pipeline" / "summary.json").write_text(json.dumps({"rows": rows}))
+
+    monkeypatch.setattr(drv, "EXP", tmp_path)
+    write("a", 0.75, 150)  # accurate, prunes too little
+    write("b", 0.40, 90)   # prunes enough, inaccurate
+    write("c", 0.72, 99)   # both
+    figs = [drv.candidate_figures(n) for n in ("a", "b", "c")]
+    assert figs[0] == {"name": "a", "trained_AP": 0.75, "pruned_AP": 0.0, "kept": 0.5}
+    assert drv.choose(figs) == 2
+    assert drv.choose(figs[:2]) == 1  # the pruning target first
+    assert drv.choose([figs[0], drv.candidate_figures("missing")]) == 0  # a candidate that crashed has no figures

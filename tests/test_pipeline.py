@@ -127,6 +127,9 @@ def test_steps_run_in_order_with_derived_configs_and_the_table_lists_every_artif
     assert evaluated == ["model.pt", "model.pt", "model.128.128.fp32.onnx", "model.128.128.int8.qdq.onnx",
                          "model.128.128.int8.cpu.onnx"]
     # the INT8 export rewrites the FP32 ONNX too: it is evaluated once, as the FP32 export's artifact
+    # each evaluation has its own folder, also for the two files called model.pt (trained, retrained)
+    tags = [c.eval.tag for (s, _), c in zip(fake.calls, fake.configs) if s == "eval"]
+    assert tags[:2] == ["trained", "retrained-0.2"] and len(set(tags)) == len(tags)
     summary = summary_of(cfg)
     rows = {(r["model"], r["format"], r["precision"]): r for r in summary["rows"]}
     assert set(rows) == {("trained", "torch", "fp32"), ("pruned-0.2", "torch", "fp32"),

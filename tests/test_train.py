@@ -165,6 +165,38 @@ def test_l1_bn_gamma_switches_channels_off():
     assert slim.mean() < free.mean() - 0.2
 
 
+def test_per_step_logging_hands_lightning_only_tensors():
+    """Lightning turns a logged Python number into ``torch.tensor(value, device=cuda)``, a copy that waits for all
+    queued GPU work: in ``training_step`` it serializes CPU and GPU every step. The learning rate and the images/s
+    are logged as device tensors instead (``DeviceScalars``), and the value is still right."""
+    from posekit.train.callbacks import ThroughputMeter
+    from posekit.train.module import PoseModule
+
+    logged: dict = {}
+
+    def record(name, value, *args, **kwargs):
+        logged[name] = value
+
+    arch = dict(stages=2, num_heatmaps=3, num_pafs=2, width=0.125)
+    module = PoseModule(arch, dict(name="adamw", lr=1e-3, weight_decay=0.0, l1_kernel_reg=1e-4, l1_bn_gamma=1e-4))
+    module.log = record
+    module.log_dict = lambda values, *a, **k: logged.update(values)
+    group = {"lr": 6e-4, "lr_mult": 2.0}
+    module.trainer = type("T", (), {"optimizers": [type("O", (), {"param_groups": [group]})()], "world_size": 1})()
+    batch = {"image": torch.zeros(2, 3, 32, 32, dtype=torch.uint8), "heatmaps": torch.zeros(2, 3, 4, 4),
+             "pafs": torch.zeros(2, 2, 4, 4), "mask": torch.ones(2, 1, 4, 4)}
+    module.training_step(batch, 0)
+    meter = ThroughputMeter()
+    meter.on_train_epoch_start(module.trainer, module)
+    for i in range(2):
+        meter.on_train_batch_end(module.trainer, module, None, batch, i)
+    assert {"train/lr", "train/loss", "train/l1", "train/l1_bn_gamma", "train/images_per_s"} <= set(logged)
+    numbers = [k for k, v in logged.items() if not isinstance(v, torch.Tensor)]
+    assert numbers == []
+    assert logged["train/lr"].item() == pytest.approx(3e-4)  # the base LR (lr / lr_mult)
+    assert logged["train/images_per_s"].item() > 0
+
+
 # --------------------------------------------------------------------------------------------- LR multipliers
 def _expected_mult(name: str) -> float:
     """TAO's get_lr_multipiers by our module names (written out independently of posekit.train.optim)."""

@@ -357,7 +357,9 @@ class Pipeline:
                 self._blocked("eval", "eval", f"nothing to evaluate: {', '.join(sorted(self.failed_inputs))} failed")
             return
         for art in targets:
-            cfg = derive(self.out_cfg, {"stage": "eval", "eval.artifact": str(art.path)})
+            # Tagged by the artifact's label: in a sweep the models live outside this experiment, where every
+            # stage's file is `model.pt` and the path would give them all the same eval folder.
+            cfg = derive(self.out_cfg, {"stage": "eval", "eval.artifact": str(art.path), "eval.tag": art.slug})
             fp = fingerprint(cfg, EVAL_SECTIONS, upstream=[art.fingerprint])
             out = self._run(Step(f"eval-{art.slug}", "eval", cfg, self.layout.outputs, fp,
                                  title=f"eval {art.label}"))

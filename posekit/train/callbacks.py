@@ -29,6 +29,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class DeviceScalars:
+    """Per-step Python numbers for ``self.log`` without a host-to-device copy.
+
+    Lightning turns a logged Python number into ``torch.tensor(value, device=cuda)``: a blocking copy that waits
+    for every kernel queued so far. Logged inside ``training_step`` it stops the CPU from queueing the backward
+    pass until the forward pass has run, so CPU and GPU take turns instead of overlapping. ``fill_`` with a
+    Python scalar is an ordinary (asynchronous) kernel launch, so each value lives in a reused 0-d device tensor.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def __call__(self, name: str, value: float, device: torch.device) -> torch.Tensor:
+        buf = self._buffers.get(name)
+        if buf is None or buf.device != device:
+            buf = self._buffers[name] = torch.zeros((), device=device)
+        return buf.fill_(float(value))
+
+
 class ThroughputMeter(Callback):
     """Training images per second over all ranks, logged as ``train/images_per_s`` (running, per step).
 
@@ -40,6 +59,7 @@ class ThroughputMeter(Callback):
         self.epochs: list[float] = []  # final rate of each finished epoch
         self._t0: float | None = None
         self._images = 0
+        self._scalars = DeviceScalars()
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._t0, self._images = None, 0
@@ -54,7 +74,8 @@ class ThroughputMeter(Callback):
         self._images += int(batch["image"].shape[0]) * trainer.world_size
         rate = self.rate
         if rate is not None:
-            pl_module.log("train/images_per_s", rate, on_step=True, on_epoch=False, prog_bar=True)
+            value = self._scalars("rate", rate, pl_module.device)
+            pl_module.log("train/images_per_s", value, on_step=True, on_epoch=False, prog_bar=True)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         _sync(pl_module.device)

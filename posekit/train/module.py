@@ -17,6 +17,7 @@ from pytorch_lightning.callbacks import Timer
 
 from posekit.data.images import normalize_tensor
 from posekit.model.bpnet import BpNetLite, build_model
+from posekit.train.callbacks import DeviceScalars
 from posekit.train.loss import bn_scales, conv_kernels, l1_penalty, pose_loss
 from posekit.train.optim import build_optimizer
 
@@ -103,6 +104,7 @@ class PoseModule(pl.LightningModule):
         self._startup_s = 0.0
         self._elapsed_at_start: float | None = None
         self._stepping = False
+        self._scalars = DeviceScalars()
 
     # ------------------------------------------------------------------ forward / loss
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -130,7 +132,8 @@ class PoseModule(pl.LightningModule):
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
         self.log_dict({f"train/{k}": v for k, v in parts.items()}, on_step=True, on_epoch=True, batch_size=bs)
         group = self.trainer.optimizers[0].param_groups[0]
-        self.log("train/lr", group["lr"] / group.get("lr_mult", 1.0), on_step=True, on_epoch=False, prog_bar=True)
+        lr = self._scalars("lr", group["lr"] / group.get("lr_mult", 1.0), loss.device)  # no host->device sync
+        self.log("train/lr", lr, on_step=True, on_epoch=False, prog_bar=True)
         return objective
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
