@@ -205,6 +205,7 @@ class OptimConfig:
     stagewise_lr: bool = False  # TAO multipliers: refinement stages x4, biases x2
     l1_kernel_reg: float = 0.0  # TAO: 5e-4 on every conv kernel; pushes weights to zero for pruning
     l1_bn_gamma: float = 0.0  # posekit: L1 on BatchNorm scales (network slimming) so BN layers' filters die too
+    l1_ramp: float = 0.0  # posekit: both L1 factors rise linearly from 0 over this share of the run (0 = TAO)
 
 
 @dataclass

@@ -197,6 +197,36 @@ def test_per_step_logging_hands_lightning_only_tensors():
     assert logged["train/images_per_s"].item() > 0
 
 
+def test_l1_ramp_scales_both_l1_terms_with_the_run_progress():
+    """optim.l1_ramp=0.4: the L1 terms are 0 at the first step, half at 20% of the planned steps, full from 40%;
+    with l1_ramp=0 they are full from the start (TAO)."""
+    from posekit.train.module import PoseModule
+
+    arch = dict(stages=2, num_heatmaps=3, num_pafs=2, width=0.125)
+    batch = {"image": torch.zeros(2, 3, 32, 32, dtype=torch.uint8), "heatmaps": torch.zeros(2, 3, 4, 4),
+             "pafs": torch.zeros(2, 2, 4, 4), "mask": torch.ones(2, 1, 4, 4)}
+
+    def l1_terms(ramp: float, step: int) -> tuple[float, float]:
+        logged: dict = {}
+        torch.manual_seed(0)  # the same weights every time
+        module = PoseModule(arch, dict(name="adamw", lr=1e-3, weight_decay=0.0, l1_kernel_reg=1e-3,
+                                       l1_bn_gamma=1e-2, l1_ramp=ramp))
+        module.log = lambda name, value, *a, **k: logged.__setitem__(name, float(value))
+        module.log_dict = lambda *a, **k: None
+        group = {"lr": 1e-3}
+        module.trainer = type("T", (), {"optimizers": [type("O", (), {"param_groups": [group]})()],
+                                        "global_step": step, "estimated_stepping_batches": 100})()
+        module.training_step(batch, 0)
+        return logged["train/l1"], logged["train/l1_bn_gamma"]
+
+    full = l1_terms(0.0, 0)
+    assert full[0] > 0 and full[1] > 0
+    assert l1_terms(0.4, 0) == (0.0, 0.0)
+    half = l1_terms(0.4, 20)
+    assert half[0] == pytest.approx(full[0] / 2) and half[1] == pytest.approx(full[1] / 2)
+    assert l1_terms(0.4, 40) == pytest.approx(full) and l1_terms(0.4, 90) == pytest.approx(full)
+
+
 # --------------------------------------------------------------------------------------------- LR multipliers
 def _expected_mult(name: str) -> float:
     """TAO's get_lr_multipiers by our module names (written out independently of posekit.train.optim)."""

@@ -94,6 +94,8 @@ class PoseModule(pl.LightningModule):
         self.net = net if net is not None else build_network(arch, pruning_history, head_init)
         self.l1_factor = float(optim.get("l1_kernel_reg", 0.0))
         self.l1_gamma = float(optim.get("l1_bn_gamma", 0.0))
+        self.l1_ramp = float(optim.get("l1_ramp", 0.0))
+        self._clock: Callable[[], float] | None = None  # the time box's share used (set with the optimizer)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -120,12 +122,13 @@ class PoseModule(pl.LightningModule):
         loss, parts = self._loss(batch)
         bs = batch["image"].shape[0]
         objective = loss
+        ramp = self._l1_ramp_factor() if self.l1_factor > 0 or self.l1_gamma > 0 else 1.0
         if self.l1_factor > 0:
-            reg = self.l1_factor * l1_penalty(conv_kernels(self.net))
+            reg = ramp * self.l1_factor * l1_penalty(conv_kernels(self.net))
             objective = objective + reg
             self.log("train/l1", reg.detach(), on_step=True, on_epoch=True, batch_size=bs)
         if self.l1_gamma > 0:
-            reg = self.l1_gamma * l1_penalty(bn_scales(self.net))
+            reg = ramp * self.l1_gamma * l1_penalty(bn_scales(self.net))
             objective = objective + reg
             self.log("train/l1_bn_gamma", reg.detach(), on_step=True, on_epoch=True, batch_size=bs)
         # train/loss is the data term (comparable with val/loss across recipes); the L1 term is logged apart.
@@ -147,6 +150,22 @@ class PoseModule(pl.LightningModule):
             sync_dist=True,
             batch_size=bs,
         )
+
+    def _progress(self) -> float:
+        """Share of the run done: steps / planned steps, or the time box's share when that is further."""
+        total = self.trainer.estimated_stepping_batches
+        p = self.trainer.global_step / total if isinstance(total, int) and total > 0 else 0.0
+        if self._clock is not None:
+            p = max(p, self._clock())
+        return min(1.0, max(0.0, p))
+
+    def _l1_ramp_factor(self) -> float:
+        """``optim.l1_ramp``: the L1 factors rise linearly from 0 over that share of the run (0: full from the first
+        step, as TAO). Letting the network find its features before the regularizers pull is meant against the
+        all-background plateau that strong L1 from step 0 can hold a short run on."""
+        if self.l1_ramp <= 0:
+            return 1.0
+        return min(1.0, self._progress() / self.l1_ramp)
 
     # ------------------------------------------------------------------ optimizer
     def _timer(self) -> Timer | None:
@@ -201,7 +220,6 @@ class PoseModule(pl.LightningModule):
                 f"cannot build the learning-rate schedule: {total} optimizer steps. "
                 "Set trainer.max_epochs (>= 1) or trainer.max_steps."
             )
-        opt, sched = build_optimizer(
-            self.net, self.hparams["optim"], total, self.hparams["lr_scale"], time_fraction=self._time_fraction()
-        )
+        self._clock = self._time_fraction()
+        opt, sched = build_optimizer(self.net, self.hparams["optim"], total, self.hparams["lr_scale"], self._clock)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
