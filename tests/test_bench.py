@@ -38,6 +38,21 @@ def test_default_artifacts_are_the_exported_models(tmp_path):
     assert sorted(found) == ["model.128.128.fp16.engine", "model.128.128.fp32.onnx", "model.128.128.int8.cpu.onnx"]
 
 
+def test_rows_are_labelled_so_that_two_model_pt_files_differ(tmp_path):
+    from posekit.experiment import Experiment
+    from posekit.stages.bench import artifact_label
+
+    exp = Experiment(compose(f"experiment.root={tmp_path}", "stage=bench"))
+    labels = [artifact_label(p, exp) for p in (
+        exp.root / "export" / "retrained-0.2" / "model.128.128.fp32.onnx",
+        exp.root / "train" / "model.pt",
+        exp.root / "retrain" / "pth-0.2" / "model.pt",
+        tmp_path / "shared" / "s2-w0.25-128x128-abc" / "train" / "model.pt",  # a sweep's shared model
+    )]
+    assert labels == ["retrained-0.2/model.128.128.fp32.onnx", "train/model.pt", "retrain/pth-0.2/model.pt",
+                      "train/model.pt"]
+
+
 @pytest.mark.slow
 def test_bench_cli_on_cpu(tmp_path, coco_sample):
     onnx_a = export_onnx(tiny_final_stage(), tmp_path / "model.128.128.fp32.onnx", (128, 128))
@@ -60,7 +75,7 @@ def test_bench_cli_on_cpu(tmp_path, coco_sample):
             assert stats["throughput_ips"] == pytest.approx(r["batch"] * 1e3 / stats["median_ms"], rel=1e-2)
         assert set(r["end_to_end"]["breakdown_median_ms"]) == {"preprocess_ms", "network_ms", "decode_ms"}
     table = (out / "bench.md").read_text()
-    assert table.count(f"| {onnx_a.name} |") == 2 and "e2e median ms" in table
+    assert table.count(f"| {tmp_path.name}/{onnx_a.name} |") == 2 and "e2e median ms" in table  # folder/file
     assert "net median ms" in proc.stdout  # the table is printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metrics"]["latency_ms"] == rows[0]["network"]["median_ms"]

@@ -201,6 +201,15 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def artifact_label(path: Path, exp: Experiment) -> str:
+    """A short name for a table row that tells artifacts apart: relative to the experiment's export folder, else to
+    the experiment, else the file with its folder (a sweep's shared models are all called ``model.pt``)."""
+    for base in (exp.root / "export", exp.root):
+        if path.is_relative_to(base):
+            return str(path.relative_to(base))
+    return str(Path(path.parent.name) / path.name)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     from posekit.skeleton import Skeleton
 
@@ -211,8 +220,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     rows, skipped = [], {}
     for path in artifacts:
         try:
-            label = str(path.relative_to(exp.root / "export")) if path.is_relative_to(exp.root / "export") else None
-            rows.extend(bench_artifact(cfg, path, skeleton, images, label))
+            rows.extend(bench_artifact(cfg, path, skeleton, images, artifact_label(path, exp)))
         except UserError as e:  # e.g. an engine on a machine without TensorRT: the other artifacts still run
             if len(artifacts) == 1:
                 raise
