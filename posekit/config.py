@@ -240,6 +240,7 @@ class PruneConfig:
     normalizer: str = "max"  # max | L2
     equalization: str = "union"  # union | intersection | arithmetic_mean | geometric_mean
     fold_bn: bool = False  # posekit: norm of the BN-folded kernel (|gamma| / sqrt(var + eps) * W); TAO: raw kernel
+    compensate: bool = False  # posekit: fold each removed channel's (data-free) constant output into its consumers
     granularity: int = 8  # kept filter count rounded UP to a multiple of this (TAO -pg)
     min_filters: int = 16  # keep at least this many filters per layer (TAO -nf)
     excluded_layers: List[str] = field(default_factory=list)  # conv names as in named_modules(): backbone.block_1a.conv

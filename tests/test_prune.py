@@ -175,6 +175,47 @@ def test_fold_bn_weights_each_filter_by_gamma_over_sigma(small):
     assert pruned.backbone.block_1a.conv.out_channels == tao_keep(stat / stat.max(), pth, 1, 1)
 
 
+def _block_output(model: nn.Module, module_name: str, x: torch.Tensor) -> torch.Tensor:
+    out = {}
+    handle = dict(model.named_modules())[module_name].register_forward_hook(lambda m, i, o: out.setdefault("y", o))
+    with torch.no_grad():
+        model.eval()(x)
+    handle.remove()
+    return out["y"]
+
+
+@pytest.mark.parametrize("where", ["bn", "bias"])
+def test_compensate_folds_a_removed_constant_channel_into_its_consumer(where, x):
+    """A removed channel that emitted a constant (BN scale 0 and shift 0.5; or a zero kernel with bias 0.3) still
+    fed its consumer; ``prune.compensate`` folds that constant into the consumer (BN running mean / bias), so the
+    consumer's output is unchanged away from the zero-padded border. Without it the output moves."""
+    torch.manual_seed(3)
+    net = BpNetLite(stages=2, width=0.25).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2.0)
+                m.running_mean.uniform_(-0.2, 0.2)
+        if where == "bn":  # backbone: conv -> BN -> ReLU; consumer block_3b (no bias, BN after it)
+            producer, consumer, settings = "backbone.block_3a.conv", "backbone.block_3b", {"fold_bn": True}
+            bn = net.backbone.block_3a.bn
+            bn.weight[::2], bn.bias[::2] = 0.0, 0.5
+        else:  # stage trunk: conv + bias -> ReLU; consumer conv3 (bias)
+            producer, consumer, settings = "stages.0.trunk.conv2.conv", "stages.0.trunk.conv3", {}
+            conv = net.stages[0].trunk.conv2.conv
+            conv.weight[::2], conv.bias[::2] = 0.0, 0.3
+    cfg = {"pth": 0.2, "granularity": 1, "min_filters": 1, **settings}
+    before = _block_output(net, consumer, x)
+    plain, _, _ = prune_model(net, cfg, HW)
+    folded, _, report = prune_model(net, {**cfg, "compensate": True}, HW)
+    channels = dict(net.named_modules())[producer].out_channels
+    assert dict(folded.named_modules())[producer].out_channels == channels // 2
+    inner = (..., slice(1, -1), slice(1, -1))
+    assert torch.allclose(_block_output(folded, consumer, x)[inner], before[inner], atol=1e-5)
+    assert (_block_output(plain, consumer, x)[inner] - before[inner]).abs().max() > 0.05
+    assert report["settings"]["compensate"] is True
+
+
 def test_output_heads_and_excluded_layers_keep_channels(small, x):
     excluded = ["backbone.block_4b.conv", "stages.1.trunk.conv2.conv"]
     pruned, _, report = prune_model(small, {"pth": 0.95, "excluded_layers": excluded}, HW)
@@ -330,7 +371,7 @@ def test_pruned_model_exports_to_onnx(small, tmp_path):
 
 def test_settings_validation():
     for bad in ({"pth": -0.1}, {"pth": "abc"}, {"pth": float("nan")}, {"pth": 0.2, "equalization": "max"},
-                {"pth": 0.2, "norm": "l3"}, {"pth": 0.2, "normalizer": "l2"}, {"pth": 0.2, "granularity": 0}, {"pth": 0.2, "fold_bn": "yes"}):
+                {"pth": 0.2, "norm": "l3"}, {"pth": 0.2, "normalizer": "l2"}, {"pth": 0.2, "granularity": 0}, {"pth": 0.2, "fold_bn": "yes"}, {"pth": 0.2, "compensate": 1}):
         with pytest.raises(ConfigError, match="prune"):
             PruneSettings.from_config(bad)
     with pytest.raises(ConfigError, match="backbone.block_1a.conv"):  # unknown name -> lists the valid ones

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -99,3 +100,10 @@ def history_for_kept(model: nn.Module, kept: Mapping[str, int]) -> list[list]:
         if int(k) < n:
             history.append([name, True, list(range(int(k), n))])
     return history
+
+
+def following_bn(graph: Any, conv: nn.Conv2d) -> nn.BatchNorm2d | None:
+    """The BatchNorm that directly consumes ``conv``'s output in Torch-Pruning's graph, if it is the only consumer."""
+    node = graph.module2node.get(conv)
+    outs = [] if node is None else [o.module for o in node.outputs]
+    return outs[0] if len(outs) == 1 and isinstance(outs[0], nn.modules.batchnorm._BatchNorm) else None

@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from posekit.config import ConfigError
-from posekit.prune.history import dependency_graph
+from posekit.prune.compensate import fold_into_consumers, removed_channel_output
+from posekit.prune.history import dependency_graph, following_bn
 from posekit.prune.report import pruning_report
 
 NORMS = ("l2", "l1")
@@ -51,6 +52,7 @@ class PruneSettings:
     normalizer: str = "max"
     equalization: str = "union"
     fold_bn: bool = False
+    compensate: bool = False
     granularity: int = 8
     min_filters: int = 16
     excluded_layers: tuple[str, ...] = field(default_factory=tuple)
@@ -78,6 +80,7 @@ class PruneSettings:
             normalizer=str(get("normalizer", "max")),
             equalization=str(get("equalization", "union")),
             fold_bn=get("fold_bn", False),
+            compensate=get("compensate", False),
             granularity=get("granularity", 8),
             min_filters=get("min_filters", 16),
             excluded_layers=_names(get("excluded_layers", None)),
@@ -86,8 +89,9 @@ class PruneSettings:
             if getattr(settings, key) not in allowed:
                 value = getattr(settings, key)
                 raise ConfigError(f"prune.{key}={value!r} is not allowed; allowed values: {list(allowed)}")
-        if not isinstance(settings.fold_bn, bool):
-            raise ConfigError(f"prune.fold_bn={settings.fold_bn!r} must be true or false")
+        for key in ("fold_bn", "compensate"):
+            if not isinstance(getattr(settings, key), bool):
+                raise ConfigError(f"prune.{key}={getattr(settings, key)!r} must be true or false")
         for key in ("granularity", "min_filters"):
             value = getattr(settings, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -101,6 +105,7 @@ class PruneSettings:
             "normalizer": self.normalizer,
             "equalization": self.equalization,
             "fold_bn": self.fold_bn,
+            "compensate": self.compensate,
             "granularity": self.granularity,
             "min_filters": self.min_filters,
             "excluded_layers": list(self.excluded_layers),
@@ -150,13 +155,6 @@ def bn_fold_scale(bn: nn.BatchNorm2d) -> torch.Tensor:
     var = bn.running_var.detach().double() if bn.running_var is not None else torch.ones(bn.num_features).double()
     gamma = bn.weight.detach().double().abs() if bn.weight is not None else torch.ones_like(var)
     return gamma / (var + bn.eps).sqrt()
-
-
-def following_bn(graph: Any, conv: nn.Conv2d) -> nn.BatchNorm2d | None:
-    """The BatchNorm that directly consumes ``conv``'s output in Torch-Pruning's graph, if it is the only consumer."""
-    node = graph.module2node.get(conv)
-    outs = [] if node is None else [o.module for o in node.outputs]
-    return outs[0] if len(outs) == 1 and isinstance(outs[0], nn.modules.batchnorm._BatchNorm) else None
 
 
 def layer_stat(graph: Any, conv: nn.Conv2d, settings: PruneSettings) -> torch.Tensor:
@@ -330,6 +328,10 @@ def prune_model(
         group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, d.pruned)
         if not graph.check_pruning_group(group):  # cannot happen: at least one channel is always kept
             raise RuntimeError(f"Torch-Pruning refused to prune {d.root} to {d.kept.numel()} channels")
+        if settings.compensate and len(d.members) == 1:  # (coupled producers would sum their constants)
+            constants = removed_channel_output(graph, root)
+            if constants is not None:
+                fold_into_consumers(graph, group, constants)
         group.prune()
     history = [[str(n), bool(out), [int(i) for i in idxs]] for n, out, idxs in graph.pruning_history()]
     report = pruning_report(model, pruned, input_hw, _notes(model, settings, decisions), settings.as_dict())
