@@ -100,8 +100,9 @@ class StartupClock(Callback):
     """Where a launch's seconds go before training runs at speed, logged once and kept for ``summary.json``.
 
     Phases, from ``t0`` (when ``fit()`` began): ``data_s`` building the datasets (annotations, main-person
-    selection), ``trainer_s`` up to ``on_train_start`` (model to device, strategy, optimizer), ``first_batch_s``
-    the loader workers' start and the first batch, ``first_step_s`` the first optimizer step (cuDNN autotuning,
+    selection; generating the synthetic set on first use), ``trainer_s`` up to ``on_train_start`` (model to the
+    device, strategy, optimizer, and Lightning creating the data iterator, which starts the loader workers),
+    ``first_batch_s`` waiting for the first batch, ``first_step_s`` the first optimizer step (cuDNN autotuning,
     compilation). Lightning's ``max_time`` clock starts at ``on_train_start``, so only the last two count against
     a time box, and the learning-rate schedule leaves them out (``PoseModule._time_fraction``).
     """
@@ -131,7 +132,7 @@ class StartupClock(Callback):
         self._mark("first_step")
         phases = self.phases()
         log.info(
-            "start-up %.1f s: datasets %.1f s, trainer %.1f s, loader workers + first batch %.1f s, first step %.1f s",
+            "start-up %.1f s: datasets %.1f s, trainer and loader workers %.1f s, first batch %.1f s, first step %.1f s",
             sum(phases.values()), *phases.values(),
         )  # fmt: skip
 

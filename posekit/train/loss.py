@@ -74,9 +74,9 @@ def bn_scales(net: nn.Module) -> list[torch.Tensor]:
     Why (posekit's addition to TAO's recipe): a conv followed by BN is scale-invariant, so TAO's kernel L1 only
     shrinks all of a layer's filters together and their norms, relative to the layer's max, settle in proportion to
     each filter's usefulness instead of collapsing; threshold pruning then finds few filters to remove in the
-    backbone. L1 on gamma (Liu et al., "Network Slimming", ICCV 2017) switches whole channels off; once a gamma is
-    ~0, its kernel gets no gradient from the loss and the kernel L1 drives it to zero, which TAO's kernel-norm
-    criterion sees.
+    backbone. L1 on gamma (Liu et al., "Network Slimming", ICCV 2017) switches whole channels off. Their kernels
+    then get no gradient from the loss and shrink under the kernel L1, but slowly: after a 7-minute H200 run TAO's
+    kernel-norm criterion still kept 89% of the backbone's filters, the BN-folded one (``prune.fold_bn``) 18%.
     """
     return [m.weight for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
 
