@@ -190,6 +190,7 @@ class TrainerConfig:
     sync_batchnorm: bool = False
     enable_progress_bar: bool = True
     num_sanity_val_steps: int = 2  # val batches run before training (catches val-loop bugs early); 0 = off
+    profiler: Optional[str] = None  # Lightning's: simple (wall time per hook, printed at the end) | advanced | pytorch
 
 
 @dataclass

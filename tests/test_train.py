@@ -493,3 +493,13 @@ def test_short_schedule_scores_above_zero_through_eval(tmp_path):
     metrics = json.loads((tmp_path / "default" / "eval" / "trained" / "metrics.json").read_text())
     assert metrics["images"] == 16
     assert metrics["AP"] > 0.0, metrics
+
+
+@pytest.mark.slow
+def test_trainer_profiler_reports_time_per_hook(tmp_path):
+    """trainer.profiler=simple: Lightning's profiler report (wall time of each hook) is printed when training ends,
+    which is how the GPU driver's loader phase (--profile) attributes the per-step time."""
+    proc = run_cli("stage=train", "preset=tiny", f"experiment.root={tmp_path}", "trainer.profiler=simple")
+    out = proc.stdout + proc.stderr
+    assert "Profiler Report" in out
+    assert "run_training_batch" in out and "[LightningModule]PoseModule.optimizer_step" in out

@@ -230,14 +230,18 @@ def parse_loader_configs(text: str | None) -> tuple[tuple[int, float], ...]:
 
 
 def phase_loader(result: dict, log: list, deadline: float | None = None, configs=LOADER_CONFIGS,
-                 seconds: int = 30) -> None:
+                 seconds: int = 30, profile: bool = False) -> None:
     """Where the gap between the real pipeline and memory-fed training comes from (256x256, ``seconds`` each):
-    the worker count (CPU left to the main thread) and the L1 term (per-step work beside the network)."""
+    the worker count (CPU left to the main thread) and the L1 term (per-step work beside the network). With
+    ``profile``, the first configuration runs again under Lightning's simple profiler (wall time per hook: fetching
+    the batch, training_step, backward, optimizer step, callbacks), its report printed into the log."""
     speed_baselines(result)
-    for workers, l1 in configs:
-        launch("stage=train", f"experiment.name=loader-w{workers}-l1{l1:g}", "resolution=256x256",
-               "train.resume=false", f"trainer.max_time=00:00:00:{seconds:02d}", "sweep.shared_dir=null",
-               f"data.num_workers={workers}", f"optim.l1_kernel_reg={l1}", log=log, deadline=deadline)
+    runs = [(w, l1, False) for w, l1 in configs] + ([(*configs[0], True)] if profile and configs else [])
+    for workers, l1, profiled in runs:
+        launch("stage=train", f"experiment.name=loader-w{workers}-l1{l1:g}{'-profiled' if profiled else ''}",
+               "resolution=256x256", "train.resume=false", f"trainer.max_time=00:00:00:{seconds:02d}",
+               "sweep.shared_dir=null", f"data.num_workers={workers}", f"optim.l1_kernel_reg={l1}",
+               *(["trainer.profiler=simple"] if profiled else []), log=log, deadline=deadline)
 
 
 def phase_models(result: dict, log: list, pths=PTHS, deadline: float | None = None, name: str = "gpu") -> None:
@@ -343,6 +347,8 @@ def main() -> None:
     ap.add_argument("--loader-configs", default=None,
                     help=f"loader phase: WORKERS:L1,... (default {default_configs})")
     ap.add_argument("--loader-seconds", type=int, default=30, help="loader phase: time box of each train run")
+    ap.add_argument("--profile", action="store_true",
+                    help="loader phase: run the first configuration once more under Lightning's simple profiler")
     ap.add_argument("--candidate", action="append", default=[],
                     help="all: a recipe to try (space-separated overrides); with two or more, their models train at "
                          "once on the GPU and the run carries on with the one that meets the targets best")
@@ -403,7 +409,7 @@ def main() -> None:
                 print("phase loader: skipped, less than 4 minutes of the budget left", flush=True)
                 continue
             phase_loader(result, log, deadline=deadline, configs=parse_loader_configs(args.loader_configs),
-                         seconds=args.loader_seconds)
+                         seconds=args.loader_seconds, profile=args.profile)
         elif name == "compact":
             phase_compact(result, log, deadline=deadline)
             result["shipped"] = ship_models(out)

@@ -62,6 +62,7 @@ INFER_SECTIONS = ("infer", "codec", "runtime", "keypoints", "model.input_shape")
 COSMETIC_KEYS = (
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
+    "trainer.profiler",
     "data.num_workers",
     "data.synthetic.cache_dir",
     "train.resume",

@@ -294,6 +294,7 @@ def fit(
         benchmark=tr.benchmark,
         sync_batchnorm=bool(tr.sync_batchnorm),
         enable_progress_bar=bool(tr.enable_progress_bar),
+        profiler=tr.profiler,
         callbacks=callbacks,
         logger=loggers,
         plugins=slurm_plugins(),
