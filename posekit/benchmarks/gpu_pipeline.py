@@ -51,51 +51,52 @@ def command(*overrides: str) -> list[str]:
     return [sys.executable, str(ROOT / "launch.py"), *RECIPE, *overrides]
 
 
-def launch(*overrides: str, log: list, deadline: float | None = None) -> int:
-    """``python launch.py RECIPE overrides``, killed at ``deadline`` (a ``time.perf_counter()`` value) if given."""
-    cmd = command(*overrides)
-    print("\n$", " ".join(cmd[1:]), flush=True)
-    t0 = time.perf_counter()
-    timeout = None if deadline is None else max(deadline - t0, 1.0)
+def _wait(proc: subprocess.Popen, cmd: list[str], t0: float, log: list, deadline: float | None) -> int:
+    """Exit code of ``proc`` (124 if killed at ``deadline``, a ``time.perf_counter()`` value); recorded in ``log``."""
     try:
-        rc = subprocess.run(cmd, cwd=ROOT, timeout=timeout).returncode
+        rc = proc.wait(timeout=None if deadline is None else max(deadline - time.perf_counter(), 1.0))
     except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
         rc = 124
     log.append({"cmd": " ".join(cmd[2:]), "rc": rc, "wall_s": round(time.perf_counter() - t0, 1)})
     return rc
 
 
+def launch(*overrides: str, log: list, deadline: float | None = None) -> int:
+    """``python launch.py RECIPE overrides``, its output in this process's, killed at ``deadline`` if given."""
+    cmd = command(*overrides)
+    print("\n$", " ".join(cmd[1:]), flush=True)
+    return _wait(subprocess.Popen(cmd, cwd=ROOT), cmd, time.perf_counter(), log, deadline)
+
+
 def launch_together(runs: list[list[str]], log: list, deadline: float | None = None,
                     logs: list[str] | None = None) -> list[int]:
-    """Several ``launch.py`` commands at once (one GPU, the CPU cores split between their loaders); each one's
-    output goes to ``experiments/<logs[i] or its experiment name>.log``. Returns their exit codes, in order."""
+    """Several ``launch.py`` commands at once (one GPU; the CPU cores split between their loaders through
+    ``data.num_workers``); each one's output goes to ``experiments/<logs[i] or its experiment name>.log``. Returns
+    their exit codes, in order."""
+    workers = max(2, (os.cpu_count() or 16) // len(runs) - 1)
     procs = []
     t0 = time.perf_counter()
     for i, overrides in enumerate(runs):
-        cmd = command(*overrides)
+        cmd = command(*overrides, f"data.num_workers={workers}")
         name = logs[i] if logs else next((o.split("=", 1)[1] for o in overrides if o.startswith("experiment.name=")),
                                          str(i))
         print("\n$ (background)", " ".join(cmd[1:]), f"> {name}.log", flush=True)
-        out = open(EXP / f"{name}.log", "w")
-        procs.append((subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT), out, cmd))
-    codes = []
-    for proc, out, cmd in procs:
-        try:
-            timeout = None if deadline is None else max(deadline - time.perf_counter(), 1.0)
-            rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = 124
-        out.close()
-        codes.append(rc)
-        log.append({"cmd": " ".join(cmd[2:]), "rc": rc, "wall_s": round(time.perf_counter() - t0, 1)})
-    return codes
+        with open(EXP / f"{name}.log", "w") as out:  # the child keeps its own copy of the file descriptor
+            procs.append((subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT), cmd))
+    return [_wait(proc, cmd, t0, log, deadline) for proc, cmd in procs]
+
+
+def pipeline_summary(name: str) -> dict:
+    """Experiment ``name``'s pipeline summary.json ({} if its pipeline never wrote one, e.g. it crashed)."""
+    path = EXP / name / "pipeline" / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def candidate_figures(name: str, pth: float = 0.2) -> dict:
     """Trained AP and the share of parameters pruning at ``pth`` keeps, from experiment ``name``'s pipeline."""
-    path = EXP / name / "pipeline" / "summary.json"
-    rows = json.loads(path.read_text()).get("rows", []) if path.exists() else []
+    rows = pipeline_summary(name).get("rows", [])
     by_label = {r.get("label"): r for r in rows if r.get("kind") == "model"}
     trained, pruned = by_label.get("trained", {}), by_label.get(f"pruned-{pth:g}", {})
     kept = pruned["params"] / trained["params"] if trained.get("params") and pruned.get("params") else None
@@ -117,16 +118,15 @@ def choose(figures: list[dict], max_kept: float = 1 / 3, min_ap: float = 0.70) -
 def phase_candidates(result: dict, candidates: list[list[str]], log: list, deadline: float | None = None) -> str:
     """Train one model per candidate recipe at once, evaluate it and prune it at pth 0.2; keep the one
     :func:`choose` picks: its overrides join :data:`RECIPE` for the rest of the run. Returns its experiment name."""
-    workers = max(2, (os.cpu_count() or 16) // len(candidates) - 1)
     runs = [["stage=pipeline", "pipeline.steps=[train,eval,prune,eval]", "prune.pth=0.2", f"experiment.name=gpu-c{i}",
-             f"data.num_workers={workers}", *c] for i, c in enumerate(candidates)]
+             *c] for i, c in enumerate(candidates)]
     launch_together(runs, log, deadline=deadline)
     figures = [dict(candidate_figures(f"gpu-c{i}"), overrides=c) for i, c in enumerate(candidates)]
     best = choose(figures)
     result["candidates"], result["chosen"] = figures, best
     print("candidates:", json.dumps(figures, indent=1), "\nchosen:", best, flush=True)
     RECIPE.extend(candidates[best])
-    trained = json.loads((EXP / f"gpu-c{best}" / "pipeline" / "summary.json").read_text())["artifacts"].get("trained")
+    trained = pipeline_summary(f"gpu-c{best}").get("artifacts", {}).get("trained")
     if trained:  # the same model pruned by TAO's criterion (raw kernel norms), for comparison with fold_bn
         launch("stage=prune", "sweep.shared_dir=null", f"prune.model={trained}", "prune.pth=0.2",
                "prune.fold_bn=false", "experiment.name=tao-criterion", log=log, deadline=deadline)
@@ -136,9 +136,8 @@ def phase_candidates(result: dict, candidates: list[list[str]], log: list, deadl
 def phase_retrains(log: list, pths: tuple[float, ...], name: str, deadline: float | None = None) -> None:
     """Prune and retrain at every pth at once (the GPU is loader-bound, so the retrains share it at little cost):
     each pth's pipeline up to its retrained model's evaluation, with the CPU cores split between the loaders."""
-    workers = max(2, (os.cpu_count() or 16) // len(pths) - 1)
     launch_together([["stage=pipeline", "pipeline.steps=[train,eval,prune,eval,retrain,eval]", f"prune.pth={p:g}",
-                      f"experiment.name={name}", f"data.num_workers={workers}"] for p in pths], log, deadline=deadline,
+                      f"experiment.name={name}"] for p in pths], log, deadline=deadline,
                     logs=[f"{name}-retrain-{p:g}" for p in pths])
 
 

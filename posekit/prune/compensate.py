@@ -14,11 +14,12 @@ Estimate of channel c's output once its filter is gone, per producer kind:
 
 Folded, for a consumer conv W (C_out', C_in, kh, kw) reading channel c at input index i:
 ``t = sum_{kh,kw} W[:, i] * r_c`` is added to the consumer's bias, or subtracted from the running mean of the
-BatchNorm right after a bias-free consumer. Consumers of any other kind are left alone (reported).
+BatchNorm right after a bias-free consumer. Consumers of any other kind are left alone (with a warning).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -26,6 +27,8 @@ import torch
 from torch import nn
 
 from posekit.prune.history import following_bn
+
+log = logging.getLogger("posekit")
 
 
 def _is_relu(node: Any) -> bool:
@@ -52,19 +55,16 @@ def removed_channel_output(graph: Any, conv: nn.Conv2d) -> torch.Tensor | None:
     return conv.bias.detach().double().clamp_min(0)
 
 
-def fold_into_consumers(graph: Any, group: Any, constants: torch.Tensor) -> dict[str, str]:
+def fold_into_consumers(graph: Any, group: Any, constants: torch.Tensor) -> None:
     """Before ``group.prune()``: add what the group's pruned channels (root indices, values ``constants[root_idx]``)
-    fed each consumer conv to that conv's bias, or to the running mean of its BatchNorm. Returns
-    ``{consumer name: "bias" | "bn" | why it was skipped}``."""
-    names = {m: n for n, m in graph.model.named_modules()}
-    done: dict[str, str] = {}
+    fed each consumer conv to that conv's bias, or to the running mean of its BatchNorm."""
     for item in group:
         conv = item.dep.target.module
         if not (isinstance(conv, nn.Conv2d) and graph.is_in_channel_pruning_fn(item.dep.handler)):
             continue
-        name = names.get(conv, str(conv))
-        if conv.groups != 1:
-            done[name] = "skipped: grouped conv"
+        bn = None if conv.bias is not None else following_bn(graph, conv)
+        if conv.groups != 1 or (conv.bias is None and (bn is None or bn.running_mean is None)):
+            log.warning("prune.compensate: %s is left as is (grouped, or no bias and no BatchNorm after it)", conv)
             continue
         idxs = torch.as_tensor(item.idxs, dtype=torch.long)
         r = constants[torch.as_tensor(item.root_idxs, dtype=torch.long)].to(conv.weight.dtype)
@@ -72,12 +72,5 @@ def fold_into_consumers(graph: Any, group: Any, constants: torch.Tensor) -> dict
             t = conv.weight[:, idxs].sum(dim=(2, 3)) @ r  # (C_out',)
             if conv.bias is not None:
                 conv.bias += t
-                done[name] = "bias"
-                continue
-            bn = following_bn(graph, conv)
-            if bn is not None and bn.running_mean is not None:
-                bn.running_mean -= t  # BN(z - t) with mean - t == BN(z) with mean
-                done[name] = "bn"
             else:
-                done[name] = "skipped: no bias and no BatchNorm after it"
-    return done
+                bn.running_mean -= t  # BN(z - t) with mean - t == BN(z) with mean

@@ -112,7 +112,8 @@ class StartupClock(Callback):
         self.marks: dict[str, float] = {}
 
     def _mark(self, name: str) -> None:
-        self.marks.setdefault(name, time.perf_counter())
+        if name not in self.marks:  # called on every batch: no clock read once the mark is set
+            self.marks[name] = time.perf_counter()
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._mark("setup")  # Lightning calls the datamodule's setup() first
