@@ -112,6 +112,7 @@ class DataConfig:
     batch_size: int = 16
     num_workers: int = 2
     val_max_images: Optional[int] = None  # cap the val set (validation during training, quick evals)
+    memory_batches: int = 0  # benchmark: > 0 = training replays this many batches held in memory (no data pipeline)
     main_person_min_keypoints: int = 5  # TAO data_filtering_params
     main_person_min_area: float = 1024.0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)

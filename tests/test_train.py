@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from posekit.model.bpnet import BpNetLite
-from posekit.train.loss import bn_scales, conv_kernels, l1_penalty, masked_l2, pose_loss
+from posekit.train.loss import add_l1_subgradient, bn_scales, conv_kernels, l1_penalty, masked_l2, pose_loss
 from posekit.train.optim import (
     build_optimizer,
     cosine_factor,
@@ -116,11 +116,43 @@ def test_l1_penalty_covers_every_conv_kernel_and_nothing_else():
     assert l1_penalty(conv_kernels(net)).item() == 0.0
 
 
-def test_l1_gradient_is_factor_times_sign():
+def test_l1_subgradient_is_the_autograd_gradient_of_the_l1_term():
     conv = nn.Conv2d(2, 3, 3)
-    (0.1 * l1_penalty(conv_kernels(conv))).backward()
-    assert torch.allclose(conv.weight.grad, 0.1 * conv.weight.sign())
-    assert conv.bias.grad is None
+    with torch.no_grad():
+        conv.weight[0].zero_()  # sign(0) = 0, as autograd's abs gives
+    (0.1 * conv.weight.abs().sum()).backward()
+    expect = conv.weight.grad.clone()
+    conv.weight.grad = torch.full_like(conv.weight, 0.5)  # added on top of the data term's gradient
+    add_l1_subgradient(conv_kernels(conv), 0.1)
+    assert torch.allclose(conv.weight.grad, 0.5 + expect)
+    assert conv.bias.grad is None  # only the given tensors, and only those that have a gradient
+
+
+def test_training_applies_l1_exactly_as_a_loss_term():
+    """PoseModule adds the L1 terms to the gradients before the optimizer step instead of to the loss: the
+    gradients must be those of ``loss + ramp * (kernel_factor * sum|W| + gamma_factor * sum|gamma|)``."""
+    from posekit.train.module import PoseModule
+
+    arch = dict(stages=2, num_heatmaps=3, num_pafs=2, width=0.125)
+    batch = {"image": torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8), "heatmaps": torch.rand(2, 3, 4, 4),
+             "pafs": torch.rand(2, 2, 4, 4), "mask": torch.ones(2, 1, 4, 4)}
+    optim = dict(name="adamw", lr=1e-3, weight_decay=0.0, l1_kernel_reg=3e-2, l1_bn_gamma=0.5, l1_ramp=0.5)
+    torch.manual_seed(0)
+    module = PoseModule(arch, optim)
+    module.log = module.log_dict = lambda *a, **k: None
+    module.trainer = type("T", (), {"optimizers": [type("O", (), {"param_groups": [{"lr": 1e-3}]})()],
+                                    "global_step": 10, "estimated_stepping_batches": 100})()  # ramp 0.2
+    module.training_step(batch, 0).backward()
+    module.on_before_optimizer_step(None)
+    got = [p.grad.clone() for p in module.net.parameters()]
+
+    module.net.zero_grad()
+    loss, _ = module._loss(batch)
+    reg = 3e-2 * sum(w.abs().sum() for w in conv_kernels(module.net))
+    reg = reg + 0.5 * sum(g.abs().sum() for g in bn_scales(module.net))
+    (loss + 0.2 * reg).backward()
+    for g, p in zip(got, module.net.parameters()):
+        assert torch.allclose(g, p.grad, rtol=1e-5, atol=1e-7)
 
 
 def test_bn_scales_are_every_batchnorm_gamma_and_nothing_else():
@@ -151,12 +183,13 @@ def _gamma_after_steps(l1_bn_gamma: float, steps: int = 30) -> torch.Tensor:
     for _ in range(steps):
         opt.zero_grad()
         module.training_step(batch, 0).backward()
+        module.on_before_optimizer_step(opt)  # where the L1 terms join the gradients
         opt.step()
     return torch.cat([s.detach().abs() for s in bn_scales(module.net)])
 
 
 def test_l1_bn_gamma_switches_channels_off():
-    """optim.l1_bn_gamma (network slimming) adds factor * sum|gamma| to the objective: with a factor that outweighs
+    """optim.l1_bn_gamma (network slimming) adds factor * sum|gamma| to the objective (through its gradient): with a factor that outweighs
     the data term, the BN scales go to ~0 (Adam moves them ~lr per step); without it they stay near 1."""
     free = _gamma_after_steps(0.0)
     slim = _gamma_after_steps(1e3)
@@ -185,7 +218,8 @@ def test_per_step_logging_hands_lightning_only_tensors():
     module.trainer = type("T", (), {"optimizers": [type("O", (), {"param_groups": [group]})()], "world_size": 1})()
     batch = {"image": torch.zeros(2, 3, 32, 32, dtype=torch.uint8), "heatmaps": torch.zeros(2, 3, 4, 4),
              "pafs": torch.zeros(2, 2, 4, 4), "mask": torch.ones(2, 1, 4, 4)}
-    module.training_step(batch, 0)
+    module.training_step(batch, 0).backward()
+    module.on_before_optimizer_step(None)  # logs the L1 terms
     meter = ThroughputMeter()
     meter.on_train_epoch_start(module.trainer, module)
     for i in range(2):
@@ -216,7 +250,8 @@ def test_l1_ramp_scales_both_l1_terms_with_the_run_progress():
         group = {"lr": 1e-3}
         module.trainer = type("T", (), {"optimizers": [type("O", (), {"param_groups": [group]})()],
                                         "global_step": step, "estimated_stepping_batches": 100})()
-        module.training_step(batch, 0)
+        module.training_step(batch, 0).backward()
+        module.on_before_optimizer_step(None)
         return logged["train/l1"], logged["train/l1_bn_gamma"]
 
     full = l1_terms(0.0, 0)
@@ -503,3 +538,19 @@ def test_trainer_profiler_reports_time_per_hook(tmp_path):
     out = proc.stdout + proc.stderr
     assert "Profiler Report" in out
     assert "run_training_batch" in out and "[LightningModule]PoseModule.optimizer_step" in out
+
+
+def test_memory_batches_replay_the_first_batches_for_a_whole_epoch():
+    """data.memory_batches: the memory-fed reference keeps the epoch's length (the schedule's step count) and
+    replays the loader's first batches, fetched once; the loader is dropped after that."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from posekit.data.datamodule import ReplayedBatches
+
+    loader = DataLoader(TensorDataset(torch.arange(20)), batch_size=4)
+    replay = ReplayedBatches(loader, 2)
+    assert len(replay) == 5
+    epoch = [b[0].tolist() for b in replay]
+    assert epoch == [[0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 2, 3]]
+    assert replay.loader is None
+    assert [b[0].tolist() for b in replay] == epoch  # the next epoch replays the same batches

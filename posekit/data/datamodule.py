@@ -49,6 +49,33 @@ def worker_context() -> str:
     return "forkserver"
 
 
+class ReplayedBatches:
+    """The first ``count`` batches of ``loader``, held in (pinned) memory and replayed for an epoch of
+    ``len(loader)`` batches: the same training step without the data pipeline (``data.memory_batches``, the
+    reference the real pipeline's images/s is measured against in docs/results.md).
+
+    The batches are fetched when the first epoch starts; the loader is dropped then, and with it its workers, so
+    they take no CPU from the training process.
+    """
+
+    def __init__(self, loader: DataLoader, count: int):
+        self.loader: DataLoader | None = loader
+        self.count, self.length = count, len(loader)
+        self.batches: list[dict[str, torch.Tensor]] = []
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        if self.loader is not None:
+            it = iter(self.loader)
+            self.batches = [next(it) for _ in range(min(self.count, self.length))]
+            del it
+            self.loader = None
+        for i in range(self.length):
+            yield self.batches[i % len(self.batches)]
+
+
 class PoseDataModule(pl.LightningDataModule):
     """Built from ``cfg.data``, ``cfg.model.input_shape``, ``cfg.codec`` and ``cfg.keypoints``.
 
@@ -104,10 +131,13 @@ class PoseDataModule(pl.LightningDataModule):
             multiprocessing_context=worker_context() if workers > 0 else None,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | ReplayedBatches:
         if self.train_set is None:
             self.setup("fit")
-        return self._loader(self.train_set, train=True)
+        loader = self._loader(self.train_set, train=True)
+        if int(self.cfg.data.get("memory_batches") or 0) > 0:
+            return ReplayedBatches(loader, int(self.cfg.data.memory_batches))
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         if self.val_set is None:

@@ -4,7 +4,7 @@
 """
 
 from posekit.train.fit import FitResult, fit
-from posekit.train.loss import bn_scales, conv_kernels, l1_penalty, masked_l2, pose_loss
+from posekit.train.loss import add_l1_subgradient, bn_scales, conv_kernels, l1_penalty, masked_l2, pose_loss
 from posekit.train.module import PoseModule, build_network
 from posekit.train.optim import build_optimizer, cosine_factor, param_groups, softstart_annealing_factor
 
@@ -12,6 +12,7 @@ __all__ = [
     "FitResult",
     "PoseModule",
     "build_network",
+    "add_l1_subgradient",
     "build_optimizer",
     "bn_scales",
     "conv_kernels",

@@ -82,8 +82,19 @@ def bn_scales(net: nn.Module) -> list[torch.Tensor]:
 
 
 def l1_penalty(kernels: Iterable[torch.Tensor]) -> torch.Tensor:
-    """``sum_k sum |W_k|`` over the given tensors (conv kernels, BN scales); multiply by the factor yourself."""
-    kernels = list(kernels)
+    """``sum_k sum |W_k|`` over the given tensors (conv kernels, BN scales), without gradient (for logging: the
+    training applies the term through :func:`add_l1_subgradient`); multiply by the factor yourself."""
+    kernels = [w.detach() for w in kernels]
     if not kernels:
         return torch.zeros(())
-    return torch.stack([w.abs().sum() for w in kernels]).sum()
+    with torch.no_grad():
+        return torch.stack(torch._foreach_norm(kernels, 1)).sum()
+
+
+@torch.no_grad()
+def add_l1_subgradient(params: Iterable[torch.Tensor], factor: float) -> None:
+    """``grad += factor * sign(W)`` for each tensor that has a gradient: the (sub)gradient of
+    ``factor * sum|W|``, exactly what autograd gives for that term (``sign(0) = 0``)."""
+    params = [p for p in params if p.grad is not None]
+    if params and factor != 0:
+        torch._foreach_add_([p.grad for p in params], torch._foreach_sign(params), alpha=factor)
