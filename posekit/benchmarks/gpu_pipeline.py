@@ -142,8 +142,10 @@ def phase_retrains(log: list, pths: tuple[float, ...], name: str, deadline: floa
 
 
 def summaries(root: Path) -> dict:
+    """Every stage's summary.json under ``root`` (without the config), and the prune stage's per-threshold copies
+    ``summary-<pth>.json`` (several pth prune into one folder, so summary.json holds only the last)."""
     out = {}
-    for p in sorted(root.rglob("summary.json")):
+    for p in sorted(root.rglob("summary*.json")):
         try:
             s = json.loads(p.read_text())
         except (OSError, json.JSONDecodeError):
@@ -334,6 +336,9 @@ def finish(result: dict, log: list, out: Path, name: str, start: float, experime
         print(pipe.read_text())
     result["wall_s"] = round(time.perf_counter() - start, 1)
     out.mkdir(parents=True, exist_ok=True)
+    for side_log in EXP.glob("*.log"):  # launch_together's per-command logs (the driver's own output has the rest)
+        (out / "logs").mkdir(exist_ok=True)
+        (out / "logs" / side_log.name).write_bytes(side_log.read_bytes())
     tmp = out / f".{name}.json"
     tmp.write_text(json.dumps(result, indent=2, default=str))
     tmp.replace(out / f"{name}.json")
