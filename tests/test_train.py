@@ -189,8 +189,9 @@ def _gamma_after_steps(l1_bn_gamma: float, steps: int = 30) -> torch.Tensor:
 
 
 def test_l1_bn_gamma_switches_channels_off():
-    """optim.l1_bn_gamma (network slimming) adds factor * sum|gamma| to the objective (through its gradient): with a factor that outweighs
-    the data term, the BN scales go to ~0 (Adam moves them ~lr per step); without it they stay near 1."""
+    """optim.l1_bn_gamma (network slimming) adds factor * sum|gamma| to the objective (through its gradient): with a
+    factor that outweighs the data term, the BN scales go to ~0 (Adam moves them ~lr per step); without it they stay
+    near 1."""
     free = _gamma_after_steps(0.0)
     slim = _gamma_after_steps(1e3)
     assert free.median() > 0.8

@@ -12,8 +12,9 @@
                                                                         # pipeline (export, eval, bench); the pth x
                                                                         # shape map; the loader phase if 4 min remain
                                                                         # (--budget cuts)
-    python -m posekit.benchmarks.gpu_pipeline --phase loader --out DIR  # loader alone / from memory / train stage
-                                                                        # at 6, 10, 14 workers, with and without L1
+    python -m posekit.benchmarks.gpu_pipeline --phase loader --out DIR  # loader alone / bare loop from memory /
+                                                                        # train stage at 6, 10, 14 workers, with and
+                                                                        # without L1, and fed from memory
     python -m posekit.benchmarks.gpu_pipeline --phase compact --out DIR # short: train 3.5 min, prune 3 pth, retrain
                                                                         # pth 0.2; ships the small models to DIR
 

@@ -11,8 +11,8 @@ from posekit.train.optim import build_optimizer, cosine_factor, param_groups, so
 __all__ = [
     "FitResult",
     "PoseModule",
-    "build_network",
     "add_l1_subgradient",
+    "build_network",
     "build_optimizer",
     "bn_scales",
     "conv_kernels",

@@ -137,7 +137,7 @@ class PoseModule(pl.LightningModule):
         That is the gradient autograd would give for ``factor * sum|W|`` added to the loss (TAO's formulation), so
         the optimizer, gradient clipping and accumulation see the same numbers; Lightning calls this hook once per
         optimizer step, after unscaling. Done here, it is a few fused ``_foreach`` kernels instead of an
-        abs + sum per tensor in the forward pass and as many in the backward pass (~150 small kernels per step).
+        abs and a sum per tensor in the forward pass and their gradients in the backward pass.
         """
         if self.l1_factor <= 0 and self.l1_gamma <= 0:
             return
