@@ -95,3 +95,19 @@ def test_sweeps_search_path_does_not_depend_on_cwd(tmp_path):
     # launched from another directory, the sweeps/ folder is still found
     out = run_cli("--info", "searchpath", cwd=tmp_path).stdout
     assert str(ROOT / "sweeps") in out
+
+
+def test_crowd_scene_wins_over_the_preset_and_renders_twenty_people():
+    """+scene=crowd20 (the end-to-end benchmark's frames) is appended after the preset, so preset=gpu's
+    max_people=6 does not undo it; the generator then places all 20 annotated people in the preset's frame size."""
+    from posekit.data.synthetic import generation_params, render_image
+    from posekit.skeleton import Skeleton
+
+    cfg = compose("preset=gpu", "+scene=crowd20")
+    validate(cfg)
+    syn = cfg.data.synthetic
+    assert (syn.min_people, syn.max_people, syn.num_val) == (20, 20, 50)
+    assert compose("preset=gpu").data.synthetic.max_people == 6
+    params = generation_params(syn, Skeleton.from_cfg(OmegaConf.to_container(cfg.keypoints, resolve=True)))
+    _, anns = render_image(params, "val", 0)
+    assert sum(a["num_keypoints"] > 0 for a in anns) == 20
