@@ -106,3 +106,31 @@ def test_gpu_driver_picks_the_candidate_that_meets_the_targets(tmp_path, monkeyp
     assert drv.choose(figs) == 2
     assert drv.choose(figs[:2]) == 1  # the pruning target first
     assert drv.choose([figs[0], drv.candidate_figures("missing")]) == 0  # a candidate that crashed has no figures
+
+
+def test_gpu_driver_benches_the_pipeline_models_on_twenty_person_frames(tmp_path, monkeypatch):
+    """The driver's crowd bench (issue 7: end to end, single stream, 20 people) times the trained and the retrained
+    torch models that experiment's pipeline recorded, in an experiment of its own, and evaluates the retrained one;
+    the commands it builds parse as the CLI would parse them."""
+    import json
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from posekit.benchmarks import gpu_pipeline as drv
+
+    trained, retrained = tmp_path / "s=1,x" / "train" / "model.pt", tmp_path / "retrain" / "pth-0.2" / "model.pt"
+    (tmp_path / "gpu" / "pipeline").mkdir(parents=True)
+    (tmp_path / "gpu" / "pipeline" / "summary.json").write_text(json.dumps(
+        {"artifacts": {"trained": str(trained), "pruned-0.2": "p.pt", "retrained-0.2": str(retrained)}}))
+    monkeypatch.setattr(drv, "EXP", tmp_path)
+    calls = []
+    monkeypatch.setattr(drv, "launch", lambda *overrides, log, deadline=None: calls.append(overrides) or 0)
+    drv.crowd_bench([], name="gpu")
+    assert [c[0] for c in calls] == ["stage=bench", "stage=eval"]
+    parsed = [{o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(list(c))} for c in calls]
+    assert parsed[0]["scene"] == "crowd20" and parsed[0]["experiment.name"] == "gpu-crowd20"
+    assert parsed[0]["bench.artifacts"] == [str(trained), str(retrained)]
+    assert parsed[1]["eval.artifact"] == str(retrained)
+    calls.clear()
+    drv.crowd_bench([], name="missing")  # no pipeline yet: nothing to time
+    assert calls == []

@@ -3,7 +3,8 @@
     python -m posekit.benchmarks.gpu_pipeline --phase train  --out DIR  # data, loader vs memory at 256x256, training
     python -m posekit.benchmarks.gpu_pipeline --phase models --out DIR  # eval; prune at 3 pth; eval; retrain; eval
     python -m posekit.benchmarks.gpu_pipeline --phase deploy --out DIR  # pth 0.2: export fp32/fp16/int8, eval, bench;
-                                                                        # then the pth x shape sweep (map)
+                                                                        # bench + eval on 20-person frames; then the
+                                                                        # pth x shape sweep (map)
     python -m posekit.benchmarks.gpu_pipeline --phase ddp    --out DIR  # 1 vs 2 GPUs (trainer=ddp), 256x256
     python -m posekit.benchmarks.gpu_pipeline --phase all    --out DIR  # the whole run in one process: train (with
                                                                         # --candidate twice: two recipes at once,
@@ -265,6 +266,22 @@ def deploy_pipeline(log: list, deadline: float | None = None, name: str = "gpu")
            "pipeline.precisions=[fp32,fp16,int8]", log=log, deadline=deadline)
 
 
+def crowd_bench(log: list, deadline: float | None = None, name: str = "gpu", pth: float = 0.2) -> None:
+    """End to end, single stream, 20 people (issue 7): the bench stage on ``+scene=crowd20`` frames (50 synthetic
+    images with 20 annotated people each) for the trained and the retrained torch models of experiment ``name``'s
+    pipeline (fp16 + CUDA graphs on a GPU), and the retrained model's AP on the same frames. It runs in its own
+    experiment, ``<name>-crowd20``: the scene changes the data config, which the pipeline's cached steps depend on."""
+    models = pipeline_summary(name).get("artifacts", {})
+    torch_models = [models[k] for k in ("trained", f"retrained-{pth:g}") if k in models]
+    if not torch_models:
+        print(f"crowd bench: experiment {name} has no trained model yet, skipped", flush=True)
+        return
+    common = ("+scene=crowd20", f"experiment.name={name}-crowd20")
+    quoted = [f"'{p}'" for p in torch_models]  # Hydra's quoted strings: a path may hold '=' or ','
+    launch("stage=bench", *common, f"bench.artifacts=[{','.join(quoted)}]", log=log, deadline=deadline)
+    launch("stage=eval", *common, f"eval.artifact={quoted[-1]}", log=log, deadline=deadline)
+
+
 def accuracy_latency_map(result: dict, log: list, out: Path, deadline: float | None = None,
                          pths: tuple[float, ...] | None = None) -> None:
     """The pth x shape sweep over the models already made (docs/results.md's map), its report shipped to ``out``.
@@ -403,11 +420,13 @@ def main() -> None:
             phase_retrains(log, (0.2, *extra_pths), experiment, deadline=deadline)
         elif name == "pth0.2":
             deploy_pipeline(log, deadline=deadline, name=experiment)
+            crowd_bench(log, deadline=deadline, name=experiment)
         elif name == "models":
             phase_models(result, log, pths=extra_pths if args.phase == "all" else PTHS, deadline=deadline,
                          name=experiment)
         elif name == "deploy":
             deploy_pipeline(log, deadline=deadline)
+            crowd_bench(log, deadline=deadline)
             accuracy_latency_map(result, log, out, deadline=deadline)
         elif name == "map":
             accuracy_latency_map(result, log, out, deadline=deadline,
