@@ -113,6 +113,7 @@ class DataConfig:
     num_workers: int = 2
     val_max_images: Optional[int] = None  # cap the val set (validation during training, quick evals)
     memory_batches: int = 0  # benchmark: > 0 = training replays this many batches held in memory (no data pipeline)
+    targets_on_device: bool = False  # workers ship keypoints; the training device renders heatmaps/PAFs (less CPU)
     main_person_min_keypoints: int = 5  # TAO data_filtering_params
     main_person_min_area: float = 1024.0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)

@@ -111,3 +111,36 @@ def test_keypoints_outside_the_input_still_reach_in(skeleton):
     heat, _ = encode(kps, skeleton, OUT_HW, STRIDE, SIGMA, HALF_WIDTH)
     assert np.argmax(heat[0, :, 0]) == 6 and heat[0].argmax() % OUT_HW[1] == 0
     assert heat[0, 6, 0] == pytest.approx(np.exp(-(9.5**2) / (2 * SIGMA**2)), rel=1e-5)
+
+
+# --------------------------------------------------------------------------------------------- on the device
+def test_batched_torch_encode_matches_the_numpy_encoder(skeleton):
+    """data.targets_on_device renders the targets with encode_batch: per image the same heatmaps and PAFs as
+    encode, with people padded by v = 0 rows, joints off the input, unlabeled joints and overlapping limbs."""
+    import torch
+
+    from posekit.codec.encode import encode_batch
+
+    sk = skeleton
+    rng = np.random.default_rng(0)
+    out_hw, stride = (12, 16), 8
+    images = []
+    for people in (3, 1, 0, 5):
+        kps = np.zeros((people, sk.num_joints, 3), np.float32)
+        kps[..., 0] = rng.uniform(-40, 16 * 8 + 40, (people, sk.num_joints))
+        kps[..., 1] = rng.uniform(-40, 12 * 8 + 40, (people, sk.num_joints))
+        kps[..., 2] = rng.random((people, sk.num_joints)) < 0.8
+        images.append(kps)
+    padded = np.zeros((len(images), 5, sk.num_joints, 3), np.float32)
+    for i, k in enumerate(images):
+        padded[i, : len(k)] = k
+    heat, paf = encode_batch(torch.from_numpy(padded), sk, out_hw, stride, sigma=7.0, paf_half_width=8.0)
+    assert heat.shape == (4, sk.num_heatmaps, *out_hw) and paf.shape == (4, sk.num_pafs, *out_hw)
+    for i, k in enumerate(images):
+        ref_heat, ref_paf = encode(k, sk, out_hw, stride, sigma=7.0, paf_half_width=8.0)
+        np.testing.assert_allclose(heat[i].numpy(), ref_heat, atol=1e-5)
+        np.testing.assert_allclose(paf[i].numpy(), ref_paf, atol=1e-5)
+    assert heat[2, -1].min() == 1.0 and paf[2].abs().max() == 0.0  # the image without people: all background
+    empty_heat, empty_paf = encode_batch(torch.zeros(2, 0, sk.num_joints, 3), sk, out_hw, stride)  # nobody at all
+    assert bool((empty_heat[:, -1] == 1).all()) and not empty_heat[:, :-1].any() and not empty_paf.any()
+    assert (paf.abs() > 0).any() and (heat[:, :-1] > 0.5).any()  # the comparison saw real targets

@@ -257,3 +257,26 @@ def test_device_normalization_matches_the_inference_preprocessing():
     np.testing.assert_array_equal(on_device.numpy(), normalize(img))
     x = torch.randn(1, 3, 4, 4)
     assert normalize_tensor(x) is x  # already-normalized float input passes through
+
+
+def test_targets_on_device_give_the_workers_targets(coco_sample, skeleton):
+    """data.targets_on_device: items carry keypoints instead of maps, batches pad them (collate_people), and the
+    datamodule's on_after_batch_transfer renders the same heatmaps and PAFs the workers would have made, for the
+    augmented training items and the letterboxed validation items alike."""
+    from posekit.data.coco import collate_people
+    from posekit.data.datamodule import PoseDataModule
+
+    dm = PoseDataModule(compose("data.targets_on_device=true", "resolution=256x256"))
+    assert dm.targets_on_device and dm.input_hw == INPUT_HW
+    for train in (True, False):
+        maps = _dataset(coco_sample, skeleton, train=train, augment=AugmentConfig(), seed=3)
+        points = _dataset(coco_sample, skeleton, train=train, augment=AugmentConfig(), seed=3, keypoints_only=True)
+        items = [points[i] for i in range(4)]
+        assert all("heatmaps" not in it and it["keypoints"].shape[1:] == (skeleton.num_joints, 3) for it in items)
+        batch = dm.on_after_batch_transfer(collate_people(items), 0)
+        assert "keypoints" not in batch
+        for i in range(4):
+            ref = maps[i]
+            assert torch.equal(batch["image"][i], ref["image"]) and torch.equal(batch["mask"][i], ref["mask"])
+            torch.testing.assert_close(batch["heatmaps"][i], ref["heatmaps"], atol=1e-5, rtol=0)
+            torch.testing.assert_close(batch["pafs"][i], ref["pafs"], atol=1e-5, rtol=0)

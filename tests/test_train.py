@@ -555,3 +555,20 @@ def test_memory_batches_replay_the_first_batches_for_a_whole_epoch():
     assert epoch == [[0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 2, 3]]
     assert replay.loader is None
     assert [b[0].tolist() for b in replay] == epoch  # the next epoch replays the same batches
+
+
+def test_targets_on_device_train_exactly_like_targets_from_the_workers(tmp_path):
+    """data.targets_on_device moves the heatmap/PAF rendering from the loader workers to the training device; the
+    same seed must then train to the same losses (the targets are the same numbers)."""
+    import json
+
+    def losses(name: str, *extra: str) -> tuple[float, float]:
+        run_cli("stage=train", "preset=tiny", "trainer.max_epochs=2", f"experiment.root={tmp_path}",
+                f"experiment.name={name}", *extra)
+        m = json.loads((tmp_path / name / "train" / "summary.json").read_text())["metrics"]
+        return m["train/loss_first_epoch"], m["train/loss"]
+
+    workers = losses("workers")
+    device = losses("device", "data.targets_on_device=true")
+    assert workers[1] < workers[0]  # it trained
+    assert device == pytest.approx(workers, rel=1e-5)

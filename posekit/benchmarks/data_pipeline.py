@@ -6,7 +6,8 @@ targets; the image stays uint8, normalized later on the training device), single
 * ``coco-sample``: the four real COCO val2017 photos in tests/data/coco-sample (640x480-ish JPEGs, 12 samples);
 * ``synthetic``: a small synthetic set at the default 384x512 (generated into a temporary folder).
 
-Prints samples/s per core and the share of decode and target encoding, with the hardware. A DataLoader with
+Prints samples/s per core and the share of decode and target encoding, with the hardware, and samples/s per core
+when the workers ship keypoints and the training device renders the targets (``data.targets_on_device``). A DataLoader with
 N workers delivers about N times this (minus collation), which tells how many workers keep a GPU fed.
 """
 
@@ -83,13 +84,19 @@ def main() -> None:
             for hw in RESOLUTIONS:
                 ds = PoseDataset(ann, images, skeleton, hw, CodecConfig(), AugmentConfig(), train=True, seed=0)
                 t = measure(ds, args.samples)
+                # data.targets_on_device: the worker's item without the targets (keypoints only)
+                light = PoseDataset(ann, images, skeleton, hw, CodecConfig(), AugmentConfig(), train=True, seed=0,
+                                    keypoints_only=True)
+                n = min(args.samples, 10 * len(light))
+                kps_only = _time_per_call(lambda i: light[i % len(light)], n)
                 rows.append((name, f"{hw[0]}x{hw[1]}", 1.0 / t["total"], 1e3 * t["total"], t["decode"] / t["total"],
-                             t["targets"] / t["total"]))  # fmt: skip
+                             t["targets"] / t["total"], 1.0 / kps_only))  # fmt: skip
     print(f"data pipeline, one process, one thread: {hardware()}")
-    print("| data | input HxW | samples/s/core | ms/sample | JPEG decode | targets (encode) |")
-    print("|---|---|---:|---:|---:|---:|")
-    for name, hw, rate, ms, dec, tgt in rows:
-        print(f"| {name} | {hw} | {rate:.0f} | {ms:.2f} | {dec:.0%} | {tgt:.0%} |")
+    print("| data | input HxW | samples/s/core | ms/sample | JPEG decode | targets (encode) "
+          "| samples/s/core, targets on device |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name, hw, rate, ms, dec, tgt, light_rate in rows:
+        print(f"| {name} | {hw} | {rate:.0f} | {ms:.2f} | {dec:.0%} | {tgt:.0%} | {light_rate:.0f} |")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@
                                                                         # (--budget cuts)
     python -m posekit.benchmarks.gpu_pipeline --phase loader --out DIR  # loader alone / bare loop from memory /
                                                                         # train stage at 6, 10, 14 workers, with and
-                                                                        # without L1, and fed from memory
+                                                                        # without L1, targets on the GPU or not, and
+                                                                        # fed from memory
     python -m posekit.benchmarks.gpu_pipeline --phase compact --out DIR # short: train 3.5 min, prune 3 pth, retrain
                                                                         # pth 0.2; ships the small models to DIR
 
@@ -235,18 +236,20 @@ def parse_loader_configs(text: str | None) -> tuple[tuple[int, float], ...]:
 def phase_loader(result: dict, log: list, deadline: float | None = None, configs=LOADER_CONFIGS,
                  seconds: int = 30, profile: bool = False) -> None:
     """Where the gap between the real pipeline and memory-fed training comes from (256x256, ``seconds`` each):
-    the worker count (CPU left to the main thread) and the L1 term (per-step work beside the network). The first
-    configuration also runs fed from memory (``data.memory_batches``: the same Lightning step, loss, L1 and
+    the worker count (CPU left to the main thread) and the L1 term (per-step work beside the network). Every
+    configuration runs twice, the second time with ``data.targets_on_device`` (the workers ship keypoints, the GPU
+    renders the targets: less CPU per sample). The first configuration also runs fed from memory (``data.memory_batches``: the same Lightning step, loss, L1 and
     logging, without the data pipeline), the reference issue 7's 90% target is about; the bare loop of
     ``gpu_speed.training_from_memory`` (no Lightning, no L1) bounds it from above. With ``profile``, the first
     configuration runs again under Lightning's simple profiler (wall time per hook: fetching the batch,
     training_step, backward, optimizer step, callbacks), its report printed into the log."""
     speed_baselines(result)
-    runs = [(w, l1, "") for w, l1 in configs]
+    runs = [(w, l1, "") for w, l1 in configs] + [(w, l1, "targets") for w, l1 in configs]
     if configs:
         runs += [(*configs[0], "memory")] + ([(*configs[0], "profiled")] if profile else [])
     for workers, l1, variant in runs:
-        extra = {"memory": ["data.memory_batches=16"], "profiled": ["trainer.profiler=simple"]}.get(variant, [])
+        extra = {"memory": ["data.memory_batches=16"], "profiled": ["trainer.profiler=simple"],
+                 "targets": ["data.targets_on_device=true"]}.get(variant, [])
         launch("stage=train", f"experiment.name=loader-w{workers}-l1{l1:g}{'-' + variant if variant else ''}",
                "resolution=256x256", "train.resume=false", f"trainer.max_time=00:00:00:{seconds:02d}",
                "sweep.shared_dir=null", f"data.num_workers={workers}", f"optim.l1_kernel_reg={l1}", *extra,

@@ -1,4 +1,5 @@
-"""Encode: keypoints -> heatmap and PAF targets at the network's output stride (vectorized numpy).
+"""Encode: keypoints -> heatmap and PAF targets at the network's output stride: ``encode`` per image (vectorized
+numpy, in the loader workers) and ``encode_batch``, the same for a batch in torch (on the training device).
 
 Shapes: P people, J network joints, L limbs, output grid (h, w) = input (H/s, W/s).
 """
@@ -6,6 +7,7 @@ Shapes: P people, J network joints, L limbs, output grid (h, w) = input (H/s, W/
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from posekit.skeleton import Skeleton
 
@@ -88,4 +90,65 @@ def encode(
     vy[nz] /= count[nz]
     paf[0::2] = vx
     paf[1::2] = vy
+    return heat, paf
+
+
+def encode_batch(
+    keypoints: torch.Tensor,
+    skeleton: Skeleton,
+    out_hw: tuple[int, int],
+    stride: int = 8,
+    sigma: float = 7.0,
+    paf_half_width: float = 8.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`encode` for a whole batch in torch, on the keypoints' device (``data.targets_on_device``: the
+    training device renders the targets, and the loader workers ship keypoints instead of maps).
+
+    Args:
+        keypoints: (B, P, J, 3) float [x, y, v] in input pixel coordinates; images with fewer people are padded
+            with v = 0 rows, which contribute nothing (as unlabeled joints do in :func:`encode`).
+    Returns:
+        heatmaps (B, J + 1, h, w) and pafs (B, 2L, h, w), float32: the same numbers as :func:`encode` per image.
+    Memory: a few (B, P, L, h, w) float temporaries (~40 MB each at B=32, P=10, 288x384).
+    """
+    h, w = out_hw
+    kps = keypoints.float()
+    dev = kps.device
+    gx = torch.arange(w, device=dev, dtype=torch.float32) * stride + (stride - 1) / 2.0
+    gy = torch.arange(h, device=dev, dtype=torch.float32) * stride + (stride - 1) / 2.0
+
+    # heatmaps: separable Gaussians (B, P, J, h, w), max over people
+    labeled = (kps[..., 2] > 0).float()  # (B, P, J)
+    ex = torch.exp(-((gx - kps[..., 0:1]) ** 2) / (2 * sigma**2))  # (B, P, J, w)
+    ey = torch.exp(-((gy - kps[..., 1:2]) ** 2) / (2 * sigma**2))  # (B, P, J, h)
+    g = ey[..., :, None] * ex[..., None, :] * labeled[..., None, None]
+    joints = g.amax(dim=1) if kps.shape[1] else g.new_zeros(kps.shape[0], kps.shape[2], h, w)  # (B, J, h, w)
+    joints = torch.where(joints < 1e-3, torch.zeros_like(joints), joints)
+    background = (1.0 - joints.amax(dim=1, keepdim=True)).clamp(0.0, 1.0)
+    heat = torch.cat([joints, background], dim=1)
+
+    # PAFs: per limb, all people at once; average where bands overlap
+    limbs = torch.as_tensor(skeleton.limbs, dtype=torch.long, device=dev)  # (L, 2)
+    pa, pb = kps[:, :, limbs[:, 0]], kps[:, :, limbs[:, 1]]  # (B, P, L, 3)
+    ok = (pa[..., 2] > 0) & (pb[..., 2] > 0)
+    d = pb[..., :2] - pa[..., :2]
+    length = (d * d).sum(-1).sqrt()  # (B, P, L); numpy's norm, op for op (a band's edge cell depends on it)
+    ok &= length > 1e-3
+    u = d / length.clamp_min(1e-6)[..., None]
+    rx = gx[None, None, None, None, :] - pa[..., 0, None, None]  # (B, P, L, 1, w)
+    ry = gy[None, None, None, :, None] - pa[..., 1, None, None]  # (B, P, L, h, 1)
+    ux, uy = u[..., 0, None, None], u[..., 1, None, None]
+    along = rx * ux + ry * uy
+    across = (rx * uy - ry * ux).abs()
+    half_cell = stride / 2.0
+    band = (
+        (along >= -half_cell)
+        & (along <= length[..., None, None] + half_cell)
+        & (across <= paf_half_width)
+        & ok[..., None, None]
+    ).float()  # (B, P, L, h, w)
+    count = band.sum(dim=1)  # (B, L, h, w)
+    vx = (band * ux).sum(dim=1) / count.clamp_min(1.0)
+    vy = (band * uy).sum(dim=1) / count.clamp_min(1.0)
+    paf = torch.stack([vx, vy], dim=2).flatten(1, 2)  # (B, 2L, h, w): x, y interleaved per limb
     return heat, paf

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from posekit.codec.encode import encode
 from posekit.data import masks
@@ -150,6 +150,9 @@ class PoseDataset(Dataset):
         min_keypoints, min_area: main-person filter (``data.main_person_min_keypoints`` / ``_min_area``).
         seed: fixes the augmentation stream (per worker: ``seed + worker id``); default: torch's seeds
             (``seed_everything`` + the DataLoader's per-worker seeds), so runs are reproducible either way.
+        keypoints_only: items carry ``keypoints`` (P, J, 3) float32 in input coordinates instead of ``heatmaps`` and
+            ``pafs``; the training device renders the targets (``data.targets_on_device``,
+            :func:`posekit.codec.encode.encode_batch`; batch them with :func:`collate_people`).
     """
 
     def __init__(
@@ -166,7 +169,9 @@ class PoseDataset(Dataset):
         min_keypoints: int = 5,
         min_area: float = 1024.0,
         seed: int | None = None,
+        keypoints_only: bool = False,
     ):
+        self.keypoints_only = keypoints_only
         self.image_dir = Path(image_dir)
         if not self.image_dir.is_dir():
             raise UserError(f"image folder not found: {self.image_dir}")
@@ -281,14 +286,18 @@ class PoseDataset(Dataset):
             except CorruptImageError as e:
                 self._skip(i, e)
                 continue
-            heatmaps, pafs = self.encode(s["keypoints"])
-            return {
+            item = {
                 "image": torch.from_numpy(to_chw_uint8(s["image"])),
-                "heatmaps": torch.from_numpy(heatmaps),
-                "pafs": torch.from_numpy(pafs),
                 "mask": torch.from_numpy(s["mask"]),
                 "image_id": s["image_id"],
             }
+            if self.keypoints_only:
+                kps = np.asarray(s["keypoints"], np.float32).reshape(-1, self.skeleton.num_joints, 3)
+                item["keypoints"] = torch.from_numpy(kps)
+            else:
+                heatmaps, pafs = self.encode(s["keypoints"])
+                item["heatmaps"], item["pafs"] = torch.from_numpy(heatmaps), torch.from_numpy(pafs)
+            return item
         raise UserError(f"no readable image among the {self.num_images} images in {self.image_dir}")
 
     def _skip(self, sample_index: int, error: Exception) -> None:
@@ -296,3 +305,16 @@ class PoseDataset(Dataset):
         self._bad.add(int(self._samples[sample_index, 0]))
         self.num_skipped += 1
         log.warning("skipping an unreadable image (%d so far in this process): %s", self.num_skipped, error)
+
+
+def collate_people(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``default_collate`` for items with ``keypoints`` (P_i, J, 3): those are padded with v = 0 rows to the
+    batch's largest P (B, P, J, 3); padded rows render nothing (:func:`posekit.codec.encode.encode_batch`)."""
+    kps = [it["keypoints"] for it in items]
+    most = max(k.shape[0] for k in kps)
+    padded = torch.zeros(len(kps), most, *kps[0].shape[1:], dtype=torch.float32)
+    for i, k in enumerate(kps):
+        padded[i, : k.shape[0]] = k
+    batch = default_collate([{k: v for k, v in it.items() if k != "keypoints"} for it in items])
+    batch["keypoints"] = padded
+    return batch

@@ -16,7 +16,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from posekit.data.coco import PoseDataset
+from posekit.codec.encode import encode_batch
+from posekit.data.coco import PoseDataset, collate_people
 from posekit.data.paths import DataPaths, resolve_data
 from posekit.skeleton import Skeleton
 
@@ -92,6 +93,8 @@ class PoseDataModule(pl.LightningDataModule):
         self.input_hw = tuple(int(v) for v in cfg.model.input_shape)
         self.train_set: PoseDataset | None = None
         self.val_set: PoseDataset | None = None
+        # data.targets_on_device: workers ship keypoints, the training device renders heatmaps and PAFs
+        self.targets_on_device = bool(cfg.data.get("targets_on_device", False))
 
     @cached_property
     def paths(self) -> DataPaths:
@@ -102,7 +105,8 @@ class PoseDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         d = self.cfg.data
-        common = dict(skeleton=self.skeleton, input_hw=self.input_hw, codec_cfg=self.cfg.codec)
+        common = dict(skeleton=self.skeleton, input_hw=self.input_hw, codec_cfg=self.cfg.codec,
+                      keypoints_only=self.targets_on_device)
         if stage in (None, "fit") and self.train_set is None:
             self.train_set = PoseDataset(
                 self.paths.train_ann, self.paths.train_images, augment_cfg=d.augment, train=True,
@@ -129,6 +133,7 @@ class PoseDataModule(pl.LightningDataModule):
             # whatever state they are (after an in-process eval, e.g. in `stage=pipeline`), and the workers
             # then hang on their first parallel call.
             multiprocessing_context=worker_context() if workers > 0 else None,
+            collate_fn=collate_people if self.targets_on_device else None,
         )
 
     def train_dataloader(self) -> DataLoader | ReplayedBatches:
@@ -138,6 +143,18 @@ class PoseDataModule(pl.LightningDataModule):
         if int(self.cfg.data.get("memory_batches") or 0) > 0:
             return ReplayedBatches(loader, int(self.cfg.data.memory_batches))
         return loader
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """With ``data.targets_on_device``: the batch's keypoints (B, P, J, 3), now on the training device, become
+        ``heatmaps`` (B, J+1, h, w) and ``pafs`` (B, 2L, h, w), the same numbers the workers' ``encode`` makes."""
+        if "keypoints" in batch and "heatmaps" not in batch:
+            c = self.cfg.codec
+            out_hw = (self.input_hw[0] // int(c.stride), self.input_hw[1] // int(c.stride))
+            with torch.no_grad():
+                batch["heatmaps"], batch["pafs"] = encode_batch(
+                    batch.pop("keypoints"), self.skeleton, out_hw, int(c.stride), float(c.sigma), float(c.paf_half_width)
+                )
+        return batch
 
     def val_dataloader(self) -> DataLoader:
         if self.val_set is None:
