@@ -6,6 +6,8 @@ Shapes: P people, J network joints, L limbs, output grid (h, w) = input (H/s, W/
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -93,6 +95,13 @@ def encode(
     return heat, paf
 
 
+@functools.lru_cache(maxsize=16)
+def _limb_index(limbs: tuple[tuple[int, int], ...], device: torch.device) -> torch.Tensor:
+    """(L, 2) long tensor of the limbs on ``device``, made once: a fresh host-to-device copy every step would be a
+    blocking copy that waits for the GPU's queued work (the stall ``DeviceScalars`` avoids for logged numbers)."""
+    return torch.tensor(limbs, dtype=torch.long, device=device)
+
+
 def encode_batch(
     keypoints: torch.Tensor,
     skeleton: Skeleton,
@@ -128,7 +137,7 @@ def encode_batch(
     heat = torch.cat([joints, background], dim=1)
 
     # PAFs: per limb, all people at once; average where bands overlap
-    limbs = torch.as_tensor(skeleton.limbs, dtype=torch.long, device=dev)  # (L, 2)
+    limbs = _limb_index(tuple(map(tuple, skeleton.limbs)), dev)  # (L, 2)
     pa, pb = kps[:, :, limbs[:, 0]], kps[:, :, limbs[:, 1]]  # (B, P, L, 3)
     ok = (pa[..., 2] > 0) & (pb[..., 2] > 0)
     d = pb[..., :2] - pa[..., :2]
