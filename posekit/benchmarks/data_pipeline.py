@@ -7,8 +7,9 @@ targets; the image stays uint8, normalized later on the training device), single
 * ``synthetic``: a small synthetic set at the default 384x512 (generated into a temporary folder).
 
 Prints samples/s per core and the share of decode and target encoding, with the hardware, and samples/s per core
-when the workers ship keypoints and the training device renders the targets (``data.targets_on_device``). A DataLoader with
-N workers delivers about N times this (minus collation), which tells how many workers keep a GPU fed.
+when the workers ship keypoints and the training device renders the targets (``data.targets_on_device``). A
+DataLoader with N workers delivers about N times this (minus collation), which tells how many workers keep a GPU
+fed.
 """
 
 from __future__ import annotations
@@ -53,12 +54,17 @@ def _time_per_call(fn, n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
+def item_time(ds: PoseDataset, samples: int) -> float:
+    """Seconds per ``ds[i]`` (everything a loader worker does for one item), after a short warm-up."""
+    for i in range(min(5, len(ds))):  # warm-up: caches, lazy imports
+        ds[i]
+    return _time_per_call(lambda i: ds[i % len(ds)], min(samples, 10 * len(ds)))
+
+
 def measure(ds: PoseDataset, samples: int) -> dict[str, float]:
     """Seconds per sample: total (``ds[i]``), JPEG decode alone and target encoding alone."""
     n = min(samples, 10 * len(ds))
-    for i in range(min(5, len(ds))):  # warm-up: caches, lazy imports
-        ds[i]
-    total = _time_per_call(lambda i: ds[i % len(ds)], n)
+    total = item_time(ds, samples)
     files = [ds.image_dir / ds._records[int(r)]["file_name"] for r, _ in ds._samples]
     decode = _time_per_call(lambda i: read_image_rgb(files[i % len(files)]), n)
     kps = [ds.sample(i)["keypoints"] for i in range(len(ds))]
@@ -87,8 +93,7 @@ def main() -> None:
                 # data.targets_on_device: the worker's item without the targets (keypoints only)
                 light = PoseDataset(ann, images, skeleton, hw, CodecConfig(), AugmentConfig(), train=True, seed=0,
                                     keypoints_only=True)
-                n = min(args.samples, 10 * len(light))
-                kps_only = _time_per_call(lambda i: light[i % len(light)], n)
+                kps_only = item_time(light, args.samples)
                 rows.append((name, f"{hw[0]}x{hw[1]}", 1.0 / t["total"], 1e3 * t["total"], t["decode"] / t["total"],
                              t["targets"] / t["total"], 1.0 / kps_only))  # fmt: skip
     print(f"data pipeline, one process, one thread: {hardware()}")

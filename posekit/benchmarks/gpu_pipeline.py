@@ -238,8 +238,9 @@ def phase_loader(result: dict, log: list, deadline: float | None = None, configs
     """Where the gap between the real pipeline and memory-fed training comes from (256x256, ``seconds`` each):
     the worker count (CPU left to the main thread) and the L1 term (per-step work beside the network). Every
     configuration runs twice, the second time with ``data.targets_on_device`` (the workers ship keypoints, the GPU
-    renders the targets: less CPU per sample). The first configuration also runs fed from memory (``data.memory_batches``: the same Lightning step, loss, L1 and
-    logging, without the data pipeline), the reference issue 7's 90% target is about; the bare loop of
+    renders the targets: less CPU per sample). The first configuration also runs fed from memory
+    (``data.memory_batches``: the same Lightning step, loss, L1 and logging, without the data pipeline), the
+    reference issue 7's 90% target is about; the bare loop of
     ``gpu_speed.training_from_memory`` (no Lightning, no L1) bounds it from above. With ``profile``, the first
     configuration runs again under Lightning's simple profiler (wall time per hook: fetching the batch,
     training_step, backward, optimizer step, callbacks), its report printed into the log."""

@@ -7,6 +7,6 @@ alike (TAO puts PAFs on the top-left corners: quirk 2, fixed).
 """
 
 from posekit.codec.decode import Decoder, People, decode
-from posekit.codec.encode import cell_centers, encode, encode_batch
+from posekit.codec.encode import Encoder, cell_centers, encode, encode_batch
 
-__all__ = ["Decoder", "People", "cell_centers", "decode", "encode", "encode_batch"]
+__all__ = ["Decoder", "Encoder", "People", "cell_centers", "decode", "encode", "encode_batch"]

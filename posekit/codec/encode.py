@@ -7,6 +7,7 @@ Shapes: P people, J network joints, L limbs, output grid (h, w) = input (H/s, W/
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numpy as np
 import torch
@@ -161,3 +162,24 @@ def encode_batch(
     vy = (band * uy).sum(dim=1) / count.clamp_min(1.0)
     paf = torch.stack([vx, vy], dim=2).flatten(1, 2)  # (B, 2L, h, w): x, y interleaved per limb
     return heat, paf
+
+
+class Encoder:
+    """The encode half of the codec with its settings (``codec.stride``, ``sigma``, ``paf_half_width``) for one
+    input size: one image in numpy (:func:`encode`, in the loader workers) or a batch in torch
+    (:func:`encode_batch`, on the training device with ``data.targets_on_device``)."""
+
+    def __init__(self, skeleton: Skeleton, input_hw: tuple[int, int], codec_cfg: Any):
+        self.skeleton = skeleton
+        self.stride = int(codec_cfg.stride)
+        self.sigma = float(codec_cfg.sigma)
+        self.paf_half_width = float(codec_cfg.paf_half_width)
+        self.out_hw = (int(input_hw[0]) // self.stride, int(input_hw[1]) // self.stride)
+
+    def __call__(self, keypoints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(P, J, 3) input-coordinate keypoints -> heatmaps (J+1, h, w), PAFs (2L, h, w)."""
+        return encode(keypoints, self.skeleton, self.out_hw, self.stride, self.sigma, self.paf_half_width)
+
+    def batch(self, keypoints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, P, J, 3) on any device -> heatmaps (B, J+1, h, w), PAFs (B, 2L, h, w) on that device."""
+        return encode_batch(keypoints, self.skeleton, self.out_hw, self.stride, self.sigma, self.paf_half_width)

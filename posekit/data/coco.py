@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate, get_worker_info
 
-from posekit.codec.encode import encode
+from posekit.codec.encode import Encoder
 from posekit.data import masks
 from posekit.data.augment import Augmenter, transform_keypoints, warp_image
 from posekit.data.images import CorruptImageError, read_image_rgb, to_chw_uint8
@@ -178,11 +178,10 @@ class PoseDataset(Dataset):
         self.skeleton = skeleton
         self.input_hw = (int(input_hw[0]), int(input_hw[1]))
         self.stride = int(codec_cfg.stride)
-        self.sigma = float(codec_cfg.sigma)
-        self.paf_half_width = float(codec_cfg.paf_half_width)
         if any(v % self.stride for v in self.input_hw):
             raise UserError(f"input size {self.input_hw} must be a multiple of the stride {self.stride}")
-        self.out_hw = (self.input_hw[0] // self.stride, self.input_hw[1] // self.stride)
+        self.encoder = Encoder(skeleton, self.input_hw, codec_cfg)
+        self.out_hw = self.encoder.out_hw
         self.train = train
         self.augment = Augmenter(augment_cfg if train else None, skeleton, self.input_hw)
         self.seed = seed
@@ -274,7 +273,7 @@ class PoseDataset(Dataset):
 
     def encode(self, keypoints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(P, J, 3) input-coordinate keypoints -> heatmaps (J+1, h, w), PAFs (2L, h, w)."""
-        return encode(keypoints, self.skeleton, self.out_hw, self.stride, self.sigma, self.paf_half_width)
+        return self.encoder(keypoints)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         for attempt in range(len(self)):

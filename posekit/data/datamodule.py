@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from posekit.codec.encode import encode_batch
+from posekit.codec.encode import Encoder
 from posekit.data.coco import PoseDataset, collate_people
 from posekit.data.paths import DataPaths, resolve_data
 from posekit.skeleton import Skeleton
@@ -95,6 +95,7 @@ class PoseDataModule(pl.LightningDataModule):
         self.val_set: PoseDataset | None = None
         # data.targets_on_device: workers ship keypoints, the training device renders heatmaps and PAFs
         self.targets_on_device = bool(cfg.data.get("targets_on_device", False))
+        self.encoder = Encoder(self.skeleton, self.input_hw, cfg.codec)
 
     @cached_property
     def paths(self) -> DataPaths:
@@ -148,12 +149,8 @@ class PoseDataModule(pl.LightningDataModule):
         """With ``data.targets_on_device``: the batch's keypoints (B, P, J, 3), now on the training device, become
         ``heatmaps`` (B, J+1, h, w) and ``pafs`` (B, 2L, h, w), the same numbers the workers' ``encode`` makes."""
         if "keypoints" in batch and "heatmaps" not in batch:
-            c = self.cfg.codec
-            out_hw = (self.input_hw[0] // int(c.stride), self.input_hw[1] // int(c.stride))
             with torch.no_grad():
-                batch["heatmaps"], batch["pafs"] = encode_batch(
-                    batch.pop("keypoints"), self.skeleton, out_hw, int(c.stride), float(c.sigma), float(c.paf_half_width)
-                )
+                batch["heatmaps"], batch["pafs"] = self.encoder.batch(batch.pop("keypoints"))
         return batch
 
     def val_dataloader(self) -> DataLoader:

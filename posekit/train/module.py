@@ -107,6 +107,7 @@ class PoseModule(pl.LightningModule):
         self._elapsed_at_start: float | None = None
         self._stepping = False
         self._scalars = DeviceScalars()
+        self._l1_groups: list[tuple[str, float, list[torch.Tensor]]] | None = None  # (log name, factor, tensors)
 
     # ------------------------------------------------------------------ forward / loss
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -141,14 +142,19 @@ class PoseModule(pl.LightningModule):
         """
         if self.l1_factor <= 0 and self.l1_gamma <= 0:
             return
+        if self._l1_groups is None:  # the network's tensors, listed once rather than walking its modules every step
+            self._l1_groups = [
+                (name, factor, tensors)
+                for name, factor, tensors in (
+                    ("train/l1", self.l1_factor, conv_kernels(self.net)),
+                    ("train/l1_bn_gamma", self.l1_gamma, bn_scales(self.net)),
+                )
+                if factor > 0
+            ]
         ramp = self._l1_ramp_factor()
-        for name, factor, tensors in (
-            ("train/l1", self.l1_factor, conv_kernels(self.net)),
-            ("train/l1_bn_gamma", self.l1_gamma, bn_scales(self.net)),
-        ):
-            if factor > 0:
-                self.log(name, ramp * factor * l1_penalty(tensors), on_step=True, on_epoch=True, batch_size=1)
-                add_l1_subgradient(tensors, ramp * factor)
+        for name, factor, tensors in self._l1_groups:
+            self.log(name, ramp * factor * l1_penalty(tensors), on_step=True, on_epoch=True, batch_size=1)
+            add_l1_subgradient(tensors, ramp * factor)
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         loss, parts = self._loss(batch)
