@@ -17,6 +17,8 @@
                                                                         # train stage at 6, 10, 14 workers, with and
                                                                         # without L1, targets on the GPU or not, and
                                                                         # fed from memory
+    python -m posekit.benchmarks.gpu_pipeline --phase crowd --out DIR   # train + eval if not done; bench + eval on
+                                                                        # 20-person frames (end to end, decode in)
     python -m posekit.benchmarks.gpu_pipeline --phase compact --out DIR # short: train 3.5 min, prune 3 pth, retrain
                                                                         # pth 0.2; ships the small models to DIR
 
@@ -370,7 +372,8 @@ def finish(result: dict, log: list, out: Path, name: str, start: float, experime
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--phase", choices=["all", "train", "models", "deploy", "ddp", "compact", "loader"], required=True)
+    ap.add_argument("--phase", required=True,
+                    choices=["all", "train", "models", "deploy", "ddp", "compact", "loader", "crowd"])
     ap.add_argument("--out", default=".")
     ap.add_argument("--ddp-seconds", type=int, default=30)
     ap.add_argument("--preset", default="gpu", help="another preset (e.g. tiny) to dry-run the phases on a CPU")
@@ -386,7 +389,7 @@ def main() -> None:
                          "once on the GPU and the run carries on with the one that meets the targets best")
     ap.add_argument("--pths", default=None,
                     help="all: the thresholds besides 0.2 that get a retrained model and a row of the map, e.g. 0.5 "
-                         "(default 0.5,0.05)")
+                         "(default 0.5,0.05); models: the thresholds to prune and retrain (default 0.05,0.2,0.5)")
     ap.add_argument("--budget", type=float, default=None,
                     help="seconds the phase may use (models: the next pth; deploy: the sweep is cut off)")
     args = ap.parse_args()
@@ -426,8 +429,8 @@ def main() -> None:
             deploy_pipeline(log, deadline=deadline, name=experiment)
             crowd_bench(log, deadline=deadline, name=experiment)
         elif name == "models":
-            phase_models(result, log, pths=extra_pths if args.phase == "all" else PTHS, deadline=deadline,
-                         name=experiment)
+            pths = extra_pths if args.phase == "all" or args.pths else PTHS
+            phase_models(result, log, pths=pths, deadline=deadline, name=experiment)
         elif name == "deploy":
             deploy_pipeline(log, deadline=deadline)
             crowd_bench(log, deadline=deadline)
@@ -444,6 +447,10 @@ def main() -> None:
                 continue
             phase_loader(result, log, deadline=deadline, configs=parse_loader_configs(args.loader_configs),
                          seconds=args.loader_seconds, profile=args.profile)
+        elif name == "crowd":
+            launch("stage=pipeline", "pipeline.steps=[train,eval]", f"experiment.name={experiment}", log=log,
+                   deadline=deadline)
+            crowd_bench(log, deadline=deadline, name=experiment)
         elif name == "compact":
             phase_compact(result, log, deadline=deadline)
             result["shipped"] = ship_models(out)
