@@ -76,6 +76,10 @@ def test_bench_cli_on_cpu(tmp_path, coco_sample):
         assert set(r["end_to_end"]["breakdown_median_ms"]) == {"preprocess_ms", "network_ms", "decode_ms"}
     table = (out / "bench.md").read_text()
     assert table.count(f"| {tmp_path.name}/{onnx_a.name} |") == 2 and "e2e median ms" in table  # folder/file
+    first = next(line for line in table.splitlines() if onnx_a.name in line)
+    split = [float(v) for v in first.strip("| ").split(" | ")[-1].split(" / ")]  # pre / net / decode
+    parts = rows[0]["end_to_end"]["breakdown_median_ms"]
+    assert split == pytest.approx([parts[k] for k in ("preprocess_ms", "network_ms", "decode_ms")], abs=6e-3)
     assert "net median ms" in proc.stdout  # the table is printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metrics"]["latency_ms"] == rows[0]["network"]["median_ms"]

@@ -170,16 +170,22 @@ def bench_artifact(cfg: DictConfig, path: Path, skeleton: Any, images: list[np.n
 
 # ------------------------------------------------------------------------------------------------ report
 def format_table(rows: list[dict]) -> str:
-    """Markdown table, one line per artifact x batch size."""
+    """Markdown table, one line per artifact x batch size. The last column splits the end-to-end median into its
+    parts (each part's own median: preprocess, network with its host transfers, decode), so a slow stream shows
+    where its time goes without opening bench.json."""
     head = ("| artifact | backend | precision | device | input | batch | net median ms | net p90 ms | net img/s "
-            "| e2e median ms | e2e p90 ms | e2e img/s |")
-    lines = [head, "|" + "---|" * 12]
+            "| e2e median ms | e2e p90 ms | e2e img/s | e2e pre / net / decode ms |")
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         n, e = r["network"], r.get("end_to_end")
         e2e = (f"{e['median_ms']:.2f} | {e['p90_ms']:.2f} | {e['throughput_ips']:.1f}" if e else "- | - | -")
+        parts = (e or {}).get("breakdown_median_ms")
+        split = (" / ".join(f"{parts[k]:.2f}" for k in ("preprocess_ms", "network_ms", "decode_ms"))
+                 if parts else "-")
         lines.append(
             f"| {r['name']} | {r['backend']} | {r['precision']} | {r['device']} | {r['input_hw'][0]}x{r['input_hw'][1]}"
-            f" | {r['batch']} | {n['median_ms']:.2f} | {n['p90_ms']:.2f} | {n['throughput_ips']:.1f} | {e2e} |"
+            f" | {r['batch']} | {n['median_ms']:.2f} | {n['p90_ms']:.2f} | {n['throughput_ips']:.1f} | {e2e}"
+            f" | {split} |"
         )
     return "\n".join(lines)
 
