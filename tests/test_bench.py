@@ -138,3 +138,17 @@ def test_gpu_driver_benches_the_pipeline_models_on_twenty_person_frames(tmp_path
     calls.clear()
     drv.crowd_bench([], name="missing")  # no pipeline yet: nothing to time
     assert calls == []
+
+
+# --------------------------------------------------------------------------------------------- decoder benchmark
+def test_decode_benchmark_finds_the_people_from_host_arrays_and_from_tensors():
+    """``posekit.benchmarks.decode``: ideal maps of 5 people decode back to about 5 people (its scenes may overlap
+    people), the same number whether the decoder gets numpy arrays (the host path) or torch tensors (``--device``:
+    what a CUDA backend's maps go through, here with tensors on the CPU)."""
+    from posekit.benchmarks.decode import bench
+    from posekit.skeleton import Skeleton
+
+    skeleton = Skeleton.default()
+    rows = [bench(1, 5, (288, 384), scenes=4, repeats=1, skeleton=skeleton, device=d) for d in ("host", "cpu")]
+    assert rows[0]["decoded"] == rows[1]["decoded"] >= 4
+    assert all(0 < r["median_ms"] <= r["p90_ms"] for r in rows)

@@ -1,8 +1,12 @@
-"""Decoder speed on one CPU core: ``python -m posekit.benchmarks.decode [--upsample 1 4] [--input 288x384]``.
+"""Decoder speed on one CPU core: ``python -m posekit.benchmarks.decode [--upsample 1 4] [--input 288x384]
+[--device cuda]``.
 
 Scenes of 1, 5, 20 and 50 random upright people are encoded into ideal stride-8 maps, then decoded (peaks with
 the configured upsampling, limb scoring, grouping) with ``torch.set_num_threads(1)`` and one numba thread.
 Prints the median and 90th percentile ms per image, and how many people came back, with the hardware.
+
+``--device cuda`` puts the maps on the GPU first, as the predictor hands them over from a CUDA backend: the peaks
+are then found with torch on the device and only they (and the PAFs) cross to the host, inside the timed call.
 """
 
 from __future__ import annotations
@@ -44,23 +48,28 @@ def random_people(skeleton: Skeleton, n: int, input_hw: tuple[int, int], rng: np
     return skeleton.to_network(np.stack(out))
 
 
-def hardware() -> str:
+def hardware(device: str = "host") -> str:
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"{model} ({os.cpu_count()} logical cores; timed on 1 thread), torch {torch.__version__}, "
+    gpu = f", maps on {torch.cuda.get_device_name(device)}" if device.startswith("cuda") else ""
+    return (f"{model} ({os.cpu_count()} logical cores; timed on 1 thread){gpu}, torch {torch.__version__}, "
             f"numba {numba.__version__}")
 
 
 def bench(upsample: int, people: int, input_hw: tuple[int, int], scenes: int, repeats: int,
-          skeleton: Skeleton, seed: int = 0) -> dict:
+          skeleton: Skeleton, seed: int = 0, device: str = "host") -> dict:
+    """One row: ``scenes`` scenes of ``people`` people, each decoded ``repeats`` times. ``device``: "host" hands
+    the decoder numpy arrays; a torch device name ("cpu", "cuda") hands it tensors on that device."""
     rng = np.random.default_rng(seed)
     decoder = Decoder(skeleton, dataclasses.replace(DecodeConfig(), upsample=upsample, max_people=max(20, people)))
     maps = [encode(random_people(skeleton, people, input_hw, rng), skeleton, (input_hw[0] // 8, input_hw[1] // 8))
             for _ in range(scenes)]
+    if device != "host":
+        maps = [(torch.from_numpy(h).to(device), torch.from_numpy(p).to(device)) for h, p in maps]
     decoder(*maps[0])  # compile / warm up
     times, found = [], []
     for _ in range(repeats):
@@ -80,12 +89,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--people", type=int, nargs="+", default=[1, 5, 20, 50])
     ap.add_argument("--scenes", type=int, default=20, help="different scenes per row")
     ap.add_argument("--repeats", type=int, default=5, help="passes over the scenes")
+    ap.add_argument("--device", default="host",
+                    help="where the maps are: host (numpy, the default) or a torch device such as cuda")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     numba.set_num_threads(1)
     input_hw = tuple(int(v) for v in args.input.lower().split("x"))
     skeleton = Skeleton.default()
-    print(f"decode benchmark: {hardware()}")
+    print(f"decode benchmark: {hardware(args.device)}")
     print(f"input {input_hw[0]}x{input_hw[1]} (maps {input_hw[0] // 8}x{input_hw[1] // 8}), skeleton {skeleton.name}, "
           f"{args.scenes} scenes x {args.repeats} passes per row\n")
     print("| upsample | people | decoded | median ms | p90 ms |")
@@ -93,7 +104,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for u in args.upsample:
         for n in args.people:
-            r = bench(u, n, input_hw, args.scenes, args.repeats, skeleton)
+            r = bench(u, n, input_hw, args.scenes, args.repeats, skeleton, device=args.device)
             rows.append(r)
             print(f"| {u} | {n} | {r['decoded']:.1f} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} |", flush=True)
     return rows
