@@ -135,8 +135,8 @@ def test_flip_mirrors_the_image_and_swaps_left_right(coco_sample, skeleton):
         lab = ka[..., 2] > 0
         assert np.allclose(kb[:, fp][lab, 0], INPUT_HW[1] - 1 - ka[lab, 0], atol=1e-3)  # x mirrored ...
         assert np.allclose(kb[:, fp][lab, 1], ka[lab, 1], atol=1e-3)  # ... under the swapped label
-        ha, pa = plain.encode(ka)
-        hb, pb = flipped.encode(kb)
+        ha, pa = plain.encoder(ka)
+        hb, pb = flipped.encoder(kb)
         assert np.allclose(hb[:-1], ha[:-1][fp][..., ::-1], atol=1e-5)  # left_* maps = mirrored right_* maps
         assert np.allclose(hb[-1], ha[-1][..., ::-1], atol=1e-5)
         sign = np.where(rev, -1.0, 1.0)[:, None, None]
@@ -196,7 +196,7 @@ def test_keypoints_and_heatmap_peaks_follow_the_image(marked_sample, skeleton):
             label = int(skeleton.flip_perm[j]) if s["flipped"] else j  # a flipped left wrist is a right wrist
             x, y, v = s["keypoints"][0, label]
             assert v == 2 and np.hypot(xs.mean() - x, ys.mean() - y) < 1.5, (joint, s["flipped"])
-            heat, _ = ds.encode(s["keypoints"])
+            heat, _ = ds.encoder(s["keypoints"])
             i, k = np.abs(cells - ys.mean()).argmin(), np.abs(cells - xs.mean()).argmin()
             assert heat[label, i, k] > 0.7  # the target peak sits on the marker's cell
             checked += 1

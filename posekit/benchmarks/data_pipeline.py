@@ -68,7 +68,7 @@ def measure(ds: PoseDataset, samples: int) -> dict[str, float]:
     files = [ds.image_dir / ds._records[int(r)]["file_name"] for r, _ in ds._samples]
     decode = _time_per_call(lambda i: read_image_rgb(files[i % len(files)]), n)
     kps = [ds.sample(i)["keypoints"] for i in range(len(ds))]
-    targets = _time_per_call(lambda i: ds.encode(kps[i % len(kps)]), n)
+    targets = _time_per_call(lambda i: ds.encoder(kps[i % len(kps)]), n)
     return {"total": total, "decode": decode, "targets": targets}
 
 

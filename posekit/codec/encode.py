@@ -124,6 +124,7 @@ def encode_batch(
     h, w = out_hw
     kps = keypoints.float()
     dev = kps.device
+    # cell_centers, made on the device: copying the numpy ones over would be a blocking copy every step
     gx = torch.arange(w, device=dev, dtype=torch.float32) * stride + (stride - 1) / 2.0
     gy = torch.arange(h, device=dev, dtype=torch.float32) * stride + (stride - 1) / 2.0
 

@@ -180,8 +180,7 @@ class PoseDataset(Dataset):
         self.stride = int(codec_cfg.stride)
         if any(v % self.stride for v in self.input_hw):
             raise UserError(f"input size {self.input_hw} must be a multiple of the stride {self.stride}")
-        self.encoder = Encoder(skeleton, self.input_hw, codec_cfg)
-        self.out_hw = self.encoder.out_hw
+        self.encoder = Encoder(skeleton, self.input_hw, codec_cfg)  # keypoints -> targets, ``self.encoder(kps)``
         self.train = train
         self.augment = Augmenter(augment_cfg if train else None, skeleton, self.input_hw)
         self.seed = seed
@@ -271,10 +270,6 @@ class PoseDataset(Dataset):
             "file_name": rec["file_name"],
         }
 
-    def encode(self, keypoints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(P, J, 3) input-coordinate keypoints -> heatmaps (J+1, h, w), PAFs (2L, h, w)."""
-        return self.encoder(keypoints)
-
     def __getitem__(self, index: int) -> dict[str, Any]:
         for attempt in range(len(self)):
             i = (index + attempt) % len(self)
@@ -294,7 +289,7 @@ class PoseDataset(Dataset):
                 kps = np.asarray(s["keypoints"], np.float32).reshape(-1, self.skeleton.num_joints, 3)
                 item["keypoints"] = torch.from_numpy(kps)
             else:
-                heatmaps, pafs = self.encode(s["keypoints"])
+                heatmaps, pafs = self.encoder(s["keypoints"])
                 item["heatmaps"], item["pafs"] = torch.from_numpy(heatmaps), torch.from_numpy(pafs)
             return item
         raise UserError(f"no readable image among the {self.num_images} images in {self.image_dir}")
