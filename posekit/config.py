@@ -114,6 +114,7 @@ class DataConfig:
     val_max_images: Optional[int] = None  # cap the val set (validation during training, quick evals)
     memory_batches: int = 0  # benchmark: > 0 = training replays this many batches held in memory (no data pipeline)
     targets_on_device: bool = False  # workers ship keypoints; the training device renders heatmaps/PAFs (less CPU)
+    worker_nice: int = 0  # loader workers' priority lowered by this (0..19): the training process gets the CPU first
     main_person_min_keypoints: int = 5  # TAO data_filtering_params
     main_person_min_area: float = 1024.0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)

@@ -112,6 +112,33 @@ def test_gpu_driver_picks_the_candidate_that_meets_the_targets(tmp_path, monkeyp
     assert drv.choose([figs[0], drv.candidate_figures("missing")]) == 0  # a candidate that crashed has no figures
 
 
+
+def test_gpu_driver_loader_phase_runs_each_variant_as_a_train_stage_the_cli_accepts(monkeypatch):
+    """``gpu_pipeline --phase loader --loader-variants``: every variant for the first worker configuration (the
+    references, fed from memory and profiled, only there), the levers for the others; each run is a train stage
+    whose overrides compose, with the variant's longer box where it compiles."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from posekit.benchmarks import gpu_pipeline as drv
+
+    runs = drv.loader_runs(drv.parse_loader_configs("7:5e-3,14:0"), ("plain", "memory", "nice", "compile"))
+    assert runs == [(7, 5e-3, "plain"), (7, 5e-3, "memory"), (7, 5e-3, "nice"), (7, 5e-3, "compile"),
+                    (14, 0.0, "plain"), (14, 0.0, "nice"), (14, 0.0, "compile")]
+    with pytest.raises(SystemExit, match="unknown"):
+        drv.loader_runs(drv.parse_loader_configs("7:0"), ("plain", "faster"))
+
+    calls = []
+    monkeypatch.setattr(drv, "speed_baselines", lambda result: None)
+    monkeypatch.setattr(drv, "launch", lambda *overrides, log, deadline=None: calls.append(overrides) or 0)
+    drv.phase_loader({}, [], configs=((7, 5e-3),), seconds=30, variants=("plain", "nice", "compile"))
+    parsed = [{o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(list(c))} for c in calls]
+    assert [p["experiment.name"] for p in parsed] == ["loader-w7-l10.005", "loader-w7-l10.005-nice",
+                                                      "loader-w7-l10.005-compile"]
+    assert [p["trainer.max_time"] for p in parsed] == ["00:00:00:30", "00:00:00:30", "00:00:03:00"]
+    assert parsed[1]["data.worker_nice"] == 10 and parsed[2]["train.compile"] is True
+    for c in calls:  # the overrides compose into a valid config (the preset the driver runs the GPU with)
+        compose("preset=gpu", *c)
+
 def test_gpu_driver_benches_the_pipeline_models_on_twenty_person_frames(tmp_path, monkeypatch):
     """The driver's crowd bench (issue 7: end to end, single stream, 20 people) times the trained and the retrained
     torch models that experiment's pipeline recorded, in an experiment of its own, and evaluates the retrained one;

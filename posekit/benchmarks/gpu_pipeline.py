@@ -15,8 +15,9 @@
                                                                         # (--budget cuts)
     python -m posekit.benchmarks.gpu_pipeline --phase loader --out DIR  # loader alone / bare loop from memory /
                                                                         # train stage at 6, 10, 14 workers, with and
-                                                                        # without L1, targets on the GPU or not, and
-                                                                        # fed from memory
+                                                                        # without L1, each --loader-variants (targets
+                                                                        # on the GPU, niced workers, compiled net),
+                                                                        # and fed from memory
     python -m posekit.benchmarks.gpu_pipeline --phase crowd --out DIR   # train + eval if not done; bench + eval on
                                                                         # 20-person frames (end to end, decode in)
     python -m posekit.benchmarks.gpu_pipeline --phase compact --out DIR # short: train 3.5 min, prune 3 pth, retrain
@@ -50,6 +51,22 @@ PTHS = (0.05, 0.2, 0.5)
 # What every command of the run shares (and so what the sweep must share to reuse the models).
 # (The recipe itself -- time boxes, L1 -- is conf/preset/gpu.yaml; sweep.shared_dir is not part of point names.)
 RECIPE = ["preset=gpu", f"sweep.shared_dir={SHARED}"]
+
+
+def cpu_description() -> dict:
+    """The machine's CPUs as Linux reports them: model, logical CPUs, and threads per physical core (2 when the
+    logical CPUs are SMT siblings, so a busy loader worker can share a core with the training process)."""
+    out: dict = {"logical": os.cpu_count()}
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        out["model"] = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
+                            None)
+        siblings = Path("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list").read_text().strip()
+        out["threads_per_core"] = sum(1 + (int(b) - int(a) if "-" in r else 0)
+                                      for r in siblings.split(",") for a, _, b in [r.partition("-")])
+    except (OSError, ValueError):
+        pass
+    return out
 
 
 def command(*overrides: str) -> list[str]:
@@ -235,26 +252,46 @@ def parse_loader_configs(text: str | None) -> tuple[tuple[int, float], ...]:
     return tuple((int(w), float(l1)) for w, l1 in (c.split(":") for c in text.split(",")))
 
 
+# The loader phase's variants of the train stage: name -> (extra overrides, extra seconds of time box). "memory" and
+# "profiled" run for the first worker configuration only (references, not levers).
+LOADER_VARIANTS: dict[str, tuple[list[str], int]] = {
+    "plain": ([], 0),
+    "targets": (["data.targets_on_device=true"], 0),  # workers ship keypoints, the GPU renders the targets
+    "nice": (["data.worker_nice=10"], 0),  # workers below the training process's priority
+    "compile": (["train.compile=true"], 150),  # torch.compile of the network; the box also holds the compilation
+    "memory": (["data.memory_batches=16"], 0),  # the same Lightning step without the data pipeline
+    "profiled": (["trainer.profiler=simple"], 0),  # Lightning's per-hook wall times, printed into the log
+}
+REFERENCE_VARIANTS = ("memory", "profiled")
+
+
+def loader_runs(configs, variants: tuple[str, ...]) -> list[tuple[int, float, str]]:
+    """(workers, l1, variant) of each train run of the loader phase, in order: every variant for the first
+    configuration, in the order given, then the lever variants (not the references) for each other one."""
+    unknown = [v for v in variants if v not in LOADER_VARIANTS]
+    if unknown:
+        raise SystemExit(f"--loader-variants: unknown {unknown}; choose from {list(LOADER_VARIANTS)}")
+    levers = [v for v in variants if v not in REFERENCE_VARIANTS]
+    return [(w, l1, v) for i, (w, l1) in enumerate(configs) for v in (variants if i == 0 else levers)]
+
+
 def phase_loader(result: dict, log: list, deadline: float | None = None, configs=LOADER_CONFIGS,
-                 seconds: int = 30, profile: bool = False) -> None:
+                 seconds: int = 30, variants: tuple[str, ...] = ("plain", "targets", "memory")) -> None:
     """Where the gap between the real pipeline and memory-fed training comes from (256x256, ``seconds`` each):
-    the worker count (CPU left to the main thread) and the L1 term (per-step work beside the network). Every
-    configuration runs twice, the second time with ``data.targets_on_device`` (the workers ship keypoints, the GPU
-    renders the targets: less CPU per sample). The first configuration also runs fed from memory
-    (``data.memory_batches``: the same Lightning step, loss, L1 and logging, without the data pipeline), the
-    reference issue 7's 90% target is about; the bare loop of
-    ``gpu_speed.training_from_memory`` (no Lightning, no L1) bounds it from above. With ``profile``, the first
-    configuration runs again under Lightning's simple profiler (wall time per hook: fetching the batch,
-    training_step, backward, optimizer step, callbacks), its report printed into the log."""
+    the worker count (CPU left to the main thread), the L1 term (per-step work beside the network), and the
+    :data:`LOADER_VARIANTS` (``targets``: the GPU renders the targets, less CPU per sample; ``nice``: workers at a
+    lower priority than the training process; ``compile``: fewer kernel launches per step). ``memory`` (the
+    reference issue 7's 90% target is about: the same Lightning step, loss, L1 and logging, fed from memory) runs
+    for the first configuration; the bare loop of ``gpu_speed.training_from_memory`` (no Lightning, no L1) bounds it
+    from above. ``profiled`` runs the first configuration under Lightning's simple profiler (wall time per hook:
+    fetching the batch, training_step, backward, optimizer step, callbacks), its report printed into the log."""
     speed_baselines(result)
-    runs = [(w, l1, "") for w, l1 in configs] + [(w, l1, "targets") for w, l1 in configs]
-    if configs:
-        runs += [(*configs[0], "memory")] + ([(*configs[0], "profiled")] if profile else [])
-    for workers, l1, variant in runs:
-        extra = {"memory": ["data.memory_batches=16"], "profiled": ["trainer.profiler=simple"],
-                 "targets": ["data.targets_on_device=true"]}.get(variant, [])
-        launch("stage=train", f"experiment.name=loader-w{workers}-l1{l1:g}{'-' + variant if variant else ''}",
-               "resolution=256x256", "train.resume=false", f"trainer.max_time=00:00:00:{seconds:02d}",
+    for workers, l1, variant in loader_runs(configs, variants):
+        extra, more_s = LOADER_VARIANTS[variant]
+        suffix = "" if variant == "plain" else f"-{variant}"
+        box = seconds + more_s
+        launch("stage=train", f"experiment.name=loader-w{workers}-l1{l1:g}{suffix}",
+               "resolution=256x256", "train.resume=false", f"trainer.max_time=00:00:{box // 60:02d}:{box % 60:02d}",
                "sweep.shared_dir=null", f"data.num_workers={workers}", f"optim.l1_kernel_reg={l1}", *extra,
                log=log, deadline=deadline)
 
@@ -382,8 +419,9 @@ def main() -> None:
     ap.add_argument("--loader-configs", default=None,
                     help=f"loader phase: WORKERS:L1,... (default {default_configs})")
     ap.add_argument("--loader-seconds", type=int, default=30, help="loader phase: time box of each train run")
-    ap.add_argument("--profile", action="store_true",
-                    help="loader phase: run the first configuration once more under Lightning's simple profiler")
+    ap.add_argument("--loader-variants", default="plain,targets,memory",
+                    help=f"loader phase: which of {','.join(LOADER_VARIANTS)} to run (memory and profiled: first "
+                         "configuration only)")
     ap.add_argument("--candidate", action="append", default=[],
                     help="all: a recipe to try (space-separated overrides); with two or more, their models train at "
                          "once on the GPU and the run carries on with the one that meets the targets best")
@@ -393,6 +431,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=None,
                     help="seconds the phase may use (models: the next pth; deploy: the sweep is cut off)")
     args = ap.parse_args()
+    loader_runs(parse_loader_configs(args.loader_configs), tuple(args.loader_variants.split(",")))  # fail early
     os.environ.setdefault("POSEKIT_CACHE", str(ROOT / ".cache"))
     RECIPE[0] = f"preset={args.preset}"
     RECIPE.extend(args.override)
@@ -403,7 +442,7 @@ def main() -> None:
     start = time.perf_counter()
     deadline = None if args.budget is None else start + args.budget
     base = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-            "gpus": torch.cuda.device_count(), "recipe": list(RECIPE)}
+            "gpus": torch.cuda.device_count(), "cpus": cpu_description(), "recipe": list(RECIPE)}
     phases = ["train", "retrain", "pth0.2", "map", "loader"] if args.phase == "all" else [args.phase]
     candidates = [c.split() for c in args.candidate]
     if len(candidates) == 1:
@@ -446,7 +485,7 @@ def main() -> None:
                 print("phase loader: skipped, less than 4 minutes of the budget left", flush=True)
                 continue
             phase_loader(result, log, deadline=deadline, configs=parse_loader_configs(args.loader_configs),
-                         seconds=args.loader_seconds, profile=args.profile)
+                         seconds=args.loader_seconds, variants=tuple(args.loader_variants.split(",")))
         elif name == "crowd":
             launch("stage=pipeline", "pipeline.steps=[train,eval]", f"experiment.name={experiment}", log=log,
                    deadline=deadline)

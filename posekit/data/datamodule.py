@@ -8,7 +8,8 @@ computed by the training callback from ``paths.val_ann`` / ``paths.val_images``.
 from __future__ import annotations
 
 import multiprocessing as mp
-from functools import cached_property
+import os
+from functools import cached_property, partial
 
 import cv2
 import pytorch_lightning as pl
@@ -19,17 +20,24 @@ from torch.utils.data import DataLoader
 from posekit.codec.encode import Encoder
 from posekit.data.coco import PoseDataset, collate_people
 from posekit.data.paths import DataPaths, resolve_data
+from posekit.config import ConfigError
 from posekit.skeleton import Skeleton
 
 
-def single_threaded_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: one OpenCV thread per worker.
+def configure_worker(worker_id: int, nice: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: one OpenCV thread per worker, and the worker's priority lowered by ``nice``.
 
     PyTorch already gives each worker one torch thread, but OpenCV keeps a pool as wide as the machine, so N
     workers each running ``warpAffine``/``resize`` on all cores oversubscribe the CPU N-fold (on a 16-core GPU
     host 14 workers delivered a fraction of their single-core rate). Parallelism comes from the workers.
+
+    ``nice`` (``data.worker_nice``): the training process's main thread is what queues the GPU's work, and
+    when it waits for a core the GPU idles; niced workers run on whatever CPU the training process leaves
+    instead of taking turns with it.
     """
     cv2.setNumThreads(1)
+    if nice > 0:
+        os.nice(nice)
 
 
 # What the forkserver imports once, before it forks any worker: each worker then starts with torch, OpenCV and
@@ -95,6 +103,9 @@ class PoseDataModule(pl.LightningDataModule):
         self.val_set: PoseDataset | None = None
         # data.targets_on_device: workers ship keypoints, the training device renders heatmaps and PAFs
         self.targets_on_device = bool(cfg.data.get("targets_on_device", False))
+        if not 0 <= int(cfg.data.worker_nice) <= 19:
+            raise ConfigError(f"data.worker_nice={cfg.data.worker_nice}: use 0 (off) to 19; the workers can only lower "
+                              "their priority below the training process's, not raise it")
         self.encoder = Encoder(self.skeleton, self.input_hw, cfg.codec)
 
     @cached_property
@@ -120,6 +131,7 @@ class PoseDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: PoseDataset, train: bool) -> DataLoader:
         workers = int(self.cfg.data.num_workers)
+        nice = int(self.cfg.data.worker_nice)
         return DataLoader(
             dataset,
             batch_size=int(self.cfg.data.batch_size),
@@ -128,7 +140,7 @@ class PoseDataModule(pl.LightningDataModule):
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
-            worker_init_fn=single_threaded_worker if workers > 0 else None,
+            worker_init_fn=partial(configure_worker, nice=nice) if workers > 0 else None,
             prefetch_factor=4 if workers > 0 else None,
             # Fresh worker processes, not forks: a fork inherits the parent's OpenCV/OpenMP thread pools in
             # whatever state they are (after an in-process eval, e.g. in `stage=pipeline`), and the workers
