@@ -121,9 +121,10 @@ def test_gpu_driver_loader_phase_runs_each_variant_as_a_train_stage_the_cli_acce
 
     from posekit.benchmarks import gpu_pipeline as drv
 
-    runs = drv.loader_runs(drv.parse_loader_configs("7:5e-3,14:0"), ("plain", "memory", "nice", "compile"))
+    runs = drv.loader_runs(drv.parse_loader_configs("7:5e-3,14:0"), ("plain", "memory", "nice", "compile",
+                                                                    "memory-compile"))
     assert runs == [(7, 5e-3, "plain"), (7, 5e-3, "memory"), (7, 5e-3, "nice"), (7, 5e-3, "compile"),
-                    (14, 0.0, "plain"), (14, 0.0, "nice"), (14, 0.0, "compile")]
+                    (7, 5e-3, "memory-compile"), (14, 0.0, "plain"), (14, 0.0, "nice"), (14, 0.0, "compile")]
     with pytest.raises(SystemExit, match="unknown"):
         drv.loader_runs(drv.parse_loader_configs("7:0"), ("plain", "faster"))
 

@@ -211,3 +211,27 @@ def test_device_and_host_peak_paths_agree(skeleton, upsample, smooth):
     for a, b in zip(host[:5], device[:5]):
         np.testing.assert_allclose(a[order_h], b[order_d], atol=1e-5)
     assert host[5] == device[5]
+
+
+@pytest.mark.parametrize("upsample", [1, 2])
+def test_device_maps_go_the_faster_way_and_decode_the_same_people(skeleton, upsample, monkeypatch):
+    """Maps on a device: upsampled ones are searched there (torch), stride-8 ones are copied to the host in one piece
+    and searched with OpenCV (the faster of the two on an H200 host, docs/eval-infer.md). Either way the people
+    equal those decoded from numpy arrays."""
+    decode_module = importlib.import_module("posekit.codec.decode")  # (the package's `decode` is the function)
+
+    # No GPU here: CPU tensors stand in for device tensors.
+    monkeypatch.setattr(decode_module, "_on_device", lambda x: isinstance(x, torch.Tensor))
+    searched_on_device = []
+    device_search = Decoder._peaks_torch
+    monkeypatch.setattr(Decoder, "_peaks_torch", lambda self, h: searched_on_device.append(1) or device_search(self, h))
+    rng = np.random.default_rng(3)
+    kps = np.concatenate([_person(skeleton, rng, rng.uniform([80, 100], [300, 180]), 150.0) for _ in range(3)])
+    heat, paf = encode(kps, skeleton, (36, 48))
+    decoder = Decoder(skeleton, dataclasses.replace(DecodeConfig(), upsample=upsample))
+    host = decoder(heat, paf)
+    device = decoder(torch.from_numpy(heat), torch.from_numpy(paf))
+    assert bool(searched_on_device) == (upsample > 1)
+    assert len(host) == len(device) == 3
+    np.testing.assert_allclose(device.keypoints, host.keypoints, atol=1e-4)
+    np.testing.assert_allclose(device.scores, host.scores, atol=1e-5)

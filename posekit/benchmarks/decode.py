@@ -5,8 +5,10 @@ Scenes of 1, 5, 20 and 50 random upright people are encoded into ideal stride-8 
 the configured upsampling, limb scoring, grouping) with ``torch.set_num_threads(1)`` and one numba thread.
 Prints the median and 90th percentile ms per image, and how many people came back, with the hardware.
 
-``--device cuda`` puts the maps on the GPU first, as the predictor hands them over from a CUDA backend: the peaks
-are then found with torch on the device and only they (and the PAFs) cross to the host, inside the timed call.
+``--device cuda`` puts the maps on the GPU first, as the predictor hands them over from a CUDA backend, and times
+the way the decoder takes with them: upsampled maps are searched with torch on the device (only the peaks and the
+PAFs cross to the host), stride-8 maps (``--upsample 1``, the default decode) are copied to the host in one piece
+and searched with OpenCV, inside the timed call.
 """
 
 from __future__ import annotations

@@ -252,17 +252,18 @@ def parse_loader_configs(text: str | None) -> tuple[tuple[int, float], ...]:
     return tuple((int(w), float(l1)) for w, l1 in (c.split(":") for c in text.split(",")))
 
 
-# The loader phase's variants of the train stage: name -> (extra overrides, extra seconds of time box). "memory" and
-# "profiled" run for the first worker configuration only (references, not levers).
+# The loader phase's variants of the train stage: name -> (extra overrides, extra seconds of time box). The
+# references (fed from memory, profiled) run for the first worker configuration only.
 LOADER_VARIANTS: dict[str, tuple[list[str], int]] = {
     "plain": ([], 0),
     "targets": (["data.targets_on_device=true"], 0),  # workers ship keypoints, the GPU renders the targets
     "nice": (["data.worker_nice=10"], 0),  # workers below the training process's priority
     "compile": (["train.compile=true"], 150),  # torch.compile of the network; the box also holds the compilation
     "memory": (["data.memory_batches=16"], 0),  # the same Lightning step without the data pipeline
+    "memory-compile": (["data.memory_batches=16", "train.compile=true"], 150),  # the reference for "compile"
     "profiled": (["trainer.profiler=simple"], 0),  # Lightning's per-hook wall times, printed into the log
 }
-REFERENCE_VARIANTS = ("memory", "profiled")
+REFERENCE_VARIANTS = ("memory", "memory-compile", "profiled")
 
 
 def loader_runs(configs, variants: tuple[str, ...]) -> list[tuple[int, float, str]]:
@@ -420,8 +421,8 @@ def main() -> None:
                     help=f"loader phase: WORKERS:L1,... (default {default_configs})")
     ap.add_argument("--loader-seconds", type=int, default=30, help="loader phase: time box of each train run")
     ap.add_argument("--loader-variants", default="plain,targets,memory",
-                    help=f"loader phase: which of {','.join(LOADER_VARIANTS)} to run (memory and profiled: first "
-                         "configuration only)")
+                    help=f"loader phase: which of {','.join(LOADER_VARIANTS)} to run (the references, memory* and "
+                         "profiled: first configuration only)")
     ap.add_argument("--candidate", action="append", default=[],
                     help="all: a recipe to try (space-separated overrides); with two or more, their models train at "
                          "once on the GPU and the run carries on with the one that meets the targets best")

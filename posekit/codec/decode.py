@@ -3,8 +3,8 @@ same coordinates (output cell i is centred at input pixel ``stride*i + (stride-1
 
 Shapes for one image: J joints, L limbs, output grid (h, w), K peaks, C accepted limb connections.
 
-1. **Peaks** (OpenCV for host arrays; torch for device tensors, so on a GPU only the peaks and their 3x3
-   neighbourhoods leave the device): optional bicubic upsampling of the J joint heatmaps, optional Gaussian
+1. **Peaks** (OpenCV on the host; torch for device tensors that are upsampled, so on a GPU only the peaks and
+   their 3x3 neighbourhoods leave the device): optional bicubic upsampling of the J joint heatmaps, optional Gaussian
    smoothing, ``nms_window`` max-pool NMS, threshold, one peak per plateau, and sub-pixel refinement by a
    parabola through the *log* of the 3-point neighbourhood on each axis (exact for a Gaussian peak, which is
    what the encoder draws; also on the map border, with the curvature of the other axis).
@@ -122,6 +122,11 @@ class Decoder:
                 f"decode: got heatmaps {tuple(heatmaps.shape)} and PAFs {tuple(pafs.shape)}; skeleton "
                 f"{self.skeleton.name!r} needs ({J + 1}, h, w) and ({self.skeleton.num_pafs}, h, w)"
             )
+        if self.upsample == 1 and _on_device(heatmaps) and _on_device(pafs):
+            # Stride-8 maps are small (57 channels of 36x48 at 288x384: 0.4 MB): one copy to the host, then OpenCV,
+            # beats a dozen small kernels and their synchronizations on the device (docs/eval-infer.md, decoder).
+            both = torch.cat([heatmaps[:J].float(), pafs.float()]).cpu().numpy()
+            heatmaps, pafs = both[:J], both[J:]
         joint, xy, score = self.find_peaks(heatmaps)
         if score.size == 0:
             return People.empty(J)
@@ -141,13 +146,14 @@ class Decoder:
 
         Device tensors are searched with torch on their device (only the peaks and their 3x3 neighbourhoods
         cross to the host); host arrays with OpenCV, an order of magnitude faster than torch on one CPU core.
-        Both paths compute the same thing.
+        Both paths compute the same thing. (``__call__`` hands device maps to the host first when they are not
+        upsampled: then the copy is cheaper than the device path.)
 
         Returns joint (K,) int64 sorted ascending (within a joint by decreasing score, at most ``max_peaks``),
         xy (K, 2) float32 network-input pixels, score (K,) float32 heatmap values at the peaks.
         """
         J = self.skeleton.num_joints
-        if isinstance(heatmaps, torch.Tensor) and heatmaps.device.type != "cpu":
+        if _on_device(heatmaps):
             joint, py, px, score, nb, hw = self._peaks_torch(heatmaps[:J].float())
         else:
             heat = heatmaps.detach().numpy() if isinstance(heatmaps, torch.Tensor) else np.asarray(heatmaps)
@@ -217,9 +223,11 @@ class Decoder:
         m = smooth[0]
         ym, yp = (py - 1).clamp(min=0), (py + 1).clamp(max=H - 1)
         xm, xp = (px - 1).clamp(min=0), (px + 1).clamp(max=W - 1)
-        nb = torch.stack([m[j, py, px], m[j, py, xm], m[j, py, xp], m[j, ym, px], m[j, yp, px]], dim=1)
-        host = [t.cpu().numpy() for t in (j, py, px, x[0, j, py, px], nb)]
-        return host[0].astype(np.int64), host[1], host[2], host[3], host[4], (H, W)
+        # one (K, 9) table, one copy to the host: j, py, px (exact in float32 below 2^24), value, 5 neighbours
+        table = torch.stack([j.float(), py.float(), px.float(), x[0, j, py, px].float(), m[j, py, px], m[j, py, xm],
+                             m[j, py, xp], m[j, ym, px], m[j, yp, px]], dim=1).cpu().numpy()
+        index = table[:, :3].astype(np.int64)
+        return index[:, 0], index[:, 1], index[:, 2], table[:, 3], table[:, 4:], (H, W)
 
     # ------------------------------------------------------------------ 3. people -> arrays
     def _people(self, slots: np.ndarray, total: np.ndarray, count: np.ndarray, xy: np.ndarray,
@@ -239,6 +247,10 @@ class Decoder:
         kps[..., :2] = np.where(present[..., None], xy[idx], 0.0)
         kps[..., 2] = np.where(present, score[idx], 0.0)
         return People(kps, person_score)
+
+
+def _on_device(x: ArrayLike) -> bool:
+    return isinstance(x, torch.Tensor) and x.device.type != "cpu"
 
 
 def decode(heatmaps: ArrayLike, pafs: ArrayLike, skeleton: Skeleton, decode_cfg: Any = None,
