@@ -180,3 +180,13 @@ def test_decode_benchmark_finds_the_people_from_host_arrays_and_from_tensors():
     rows = [bench(1, 5, (288, 384), scenes=4, repeats=1, skeleton=skeleton, device=d) for d in ("host", "cpu")]
     assert rows[0]["decoded"] == rows[1]["decoded"] >= 4
     assert all(0 < r["median_ms"] <= r["p90_ms"] for r in rows)
+
+
+def test_step_overhead_benchmark_times_the_three_ways():
+    """``posekit.benchmarks.step_overhead``: the same tiny step under Lightning with posekit's logging, with logging
+    off, and without Lightning; each a positive ms figure."""
+    from posekit.benchmarks.step_overhead import main
+
+    out = main(["--steps", "30", "--repeats", "1", "--log-every", "5"])
+    assert set(out) == {"lightning, posekit's logging", "lightning, no logging", "no lightning"}
+    assert all(v > 0 for v in out.values())

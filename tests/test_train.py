@@ -232,6 +232,61 @@ def test_per_step_logging_hands_lightning_only_tensors():
     assert logged["train/images_per_s"].item() > 0
 
 
+
+@pytest.mark.parametrize("written", [False, True])
+def test_step_only_metrics_are_logged_on_the_steps_lightning_writes(written):
+    """Lightning writes step metrics every ``log_every_n_steps`` steps, and each ``self.log`` costs the training
+    process CPU (``posekit.benchmarks.step_overhead``). ``train/loss`` (its epoch mean needs every step) is logged
+    on every step; the per-stage terms, the learning rate, the L1 terms and images/s on the written steps only."""
+    from types import SimpleNamespace
+
+    from posekit.train.callbacks import ThroughputMeter
+    from posekit.train.module import PoseModule
+
+    logged: dict = {}
+    arch = dict(stages=2, num_heatmaps=3, num_pafs=2, width=0.125)
+    module = PoseModule(arch, dict(name="adamw", lr=1e-3, weight_decay=0.0, l1_kernel_reg=1e-4, l1_bn_gamma=1e-4))
+    module.log = lambda name, value, *a, **k: logged.__setitem__(name, value)
+    module.log_dict = lambda values, *a, **k: logged.update(values)
+    module.trainer = SimpleNamespace(optimizers=[SimpleNamespace(param_groups=[{"lr": 1e-3}])], world_size=1,
+                                     _logger_connector=SimpleNamespace(should_update_logs=written))
+    batch = {"image": torch.zeros(2, 3, 32, 32, dtype=torch.uint8), "heatmaps": torch.zeros(2, 3, 4, 4),
+             "pafs": torch.zeros(2, 2, 4, 4), "mask": torch.ones(2, 1, 4, 4)}
+    module.training_step(batch, 0).backward()
+    module.on_before_optimizer_step(None)
+    meter = ThroughputMeter()
+    meter.on_train_epoch_start(module.trainer, module)
+    for i in range(2):
+        meter.on_train_batch_end(module.trainer, module, None, batch, i)
+    every_step = {"train/loss"}
+    written_steps = {"train/lr", "train/l1", "train/l1_bn_gamma", "train/images_per_s", "train/stage1/heat",
+                     "train/stage1/paf", "train/stage2/heat", "train/stage2/paf"}
+    assert set(logged) == (every_step | written_steps if written else every_step)
+
+
+def test_logging_step_follows_lightnings_log_every_n_steps(tmp_path):
+    """``logging_step`` reads Lightning's own decision inside a real fit: with ``log_every_n_steps=3``, steps 3, 6, ...
+    are written and the others not, the last one too (a Lightning upgrade that moved the decision would show here:
+    ``logging_step`` would then say True on every step)."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import Callback
+
+    from posekit.benchmarks.step_overhead import ARCH, OPTIM, Replay
+    from posekit.train.callbacks import logging_step
+    from posekit.train.module import PoseModule
+
+    seen: list[bool] = []
+
+    class Record(Callback):
+        def on_train_batch_end(self, trainer, *args):
+            seen.append(logging_step(trainer))
+
+    trainer = pl.Trainer(max_steps=7, accelerator="cpu", logger=pl.loggers.CSVLogger(str(tmp_path)),
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         log_every_n_steps=3, callbacks=[Record()])
+    trainer.fit(PoseModule(ARCH, OPTIM, head_init="kaiming"), torch.utils.data.DataLoader(Replay(7), batch_size=1))
+    assert seen == [False, False, True, False, False, True, False]
+
 def test_l1_ramp_scales_both_l1_terms_with_the_run_progress():
     """optim.l1_ramp=0.4: the L1 terms are 0 at the first step, half at 20% of the planned steps, full from 40%;
     with l1_ramp=0 they are full from the start (TAO)."""

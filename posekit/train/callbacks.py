@@ -29,6 +29,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def logging_step(trainer: Any) -> bool:
+    """Whether Lightning writes this training step's metrics to the loggers: every ``trainer.log_every_n_steps``
+    steps, and the step at which the run is told to stop (its ``should_update_logs``, which Lightning's own
+    LearningRateMonitor and ThroughputMonitor check; True when the trainer has no such thing, as in unit tests).
+
+    A step-only metric logged on any other step is never written, yet each ``self.log`` call costs the training
+    process hundreds of microseconds of Python (about 0.3 ms on the 2-core VM, ``benchmarks.step_overhead``), and
+    on a GPU the step waits for that CPU (docs/training.md, "Throughput"). So step-only metrics are logged on these
+    steps alone; metrics with an epoch mean (``train/loss``) are logged every step.
+    """
+    connector = getattr(trainer, "_logger_connector", None)
+    return bool(getattr(connector, "should_update_logs", True))
+
+
 class DeviceScalars:
     """Per-step Python numbers for ``self.log`` without a host-to-device copy.
 
@@ -73,7 +87,7 @@ class ThroughputMeter(Callback):
             return
         self._images += int(batch["image"].shape[0]) * trainer.world_size
         rate = self.rate
-        if rate is not None:
+        if rate is not None and logging_step(trainer):
             value = self._scalars("rate", rate, pl_module.device)
             pl_module.log("train/images_per_s", value, on_step=True, on_epoch=False, prog_bar=True)
 

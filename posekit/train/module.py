@@ -17,7 +17,7 @@ from pytorch_lightning.callbacks import Timer
 
 from posekit.data.images import normalize_tensor
 from posekit.model.bpnet import BpNetLite, build_model
-from posekit.train.callbacks import DeviceScalars
+from posekit.train.callbacks import DeviceScalars, logging_step
 from posekit.train.loss import add_l1_subgradient, bn_scales, conv_kernels, l1_penalty, pose_loss
 from posekit.train.optim import build_optimizer
 
@@ -123,12 +123,15 @@ class PoseModule(pl.LightningModule):
         loss, parts = self._loss(batch)
         bs = batch["image"].shape[0]
         # train/loss is the data term (comparable with val/loss across recipes); the L1 terms are added to the
-        # gradients in on_before_optimizer_step and logged there.
+        # gradients in on_before_optimizer_step and logged there. Its epoch mean needs every step; the per-stage
+        # terms and the learning rate are logged only on the steps Lightning writes (logging_step: each call costs
+        # CPU the GPU waits for).
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
-        self.log_dict({f"train/{k}": v for k, v in parts.items()}, on_step=True, on_epoch=True, batch_size=bs)
-        group = self.trainer.optimizers[0].param_groups[0]
-        lr = self._scalars("lr", group["lr"] / group.get("lr_mult", 1.0), loss.device)  # no host->device sync
-        self.log("train/lr", lr, on_step=True, on_epoch=False, prog_bar=True)
+        if logging_step(self.trainer):
+            self.log_dict({f"train/{k}": v for k, v in parts.items()}, on_step=True, on_epoch=False, batch_size=bs)
+            group = self.trainer.optimizers[0].param_groups[0]
+            lr = self._scalars("lr", group["lr"] / group.get("lr_mult", 1.0), loss.device)  # no host->device sync
+            self.log("train/lr", lr, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -152,8 +155,10 @@ class PoseModule(pl.LightningModule):
                 if factor > 0
             ]
         ramp = self._l1_ramp_factor()
+        log = logging_step(self.trainer)
         for name, factor, tensors in self._l1_groups:
-            self.log(name, ramp * factor * l1_penalty(tensors), on_step=True, on_epoch=True, batch_size=1)
+            if log:  # the penalty itself is only for the logs: computed on the steps Lightning writes
+                self.log(name, ramp * factor * l1_penalty(tensors), on_step=True, on_epoch=False, batch_size=1)
             add_l1_subgradient(tensors, ramp * factor)
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
