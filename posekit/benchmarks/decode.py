@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import time
 
 import numba
 import numpy as np
 import torch
 
+from posekit.benchmarks.onnxruntime_int8 import cpu_name
 from posekit.codec import Decoder, encode
 from posekit.config import DecodeConfig
 from posekit.skeleton import Skeleton
@@ -51,12 +51,7 @@ def random_people(skeleton: Skeleton, n: int, input_hw: tuple[int, int], rng: np
 
 
 def hardware(device: str = "host") -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    model = cpu_name()
     gpu = f", maps on {torch.cuda.get_device_name(device)}" if device.startswith("cuda") else ""
     return (f"{model} ({os.cpu_count()} logical cores; timed on 1 thread){gpu}, torch {torch.__version__}, "
             f"numba {numba.__version__}")

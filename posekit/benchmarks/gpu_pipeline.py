@@ -56,11 +56,10 @@ RECIPE = ["preset=gpu", f"sweep.shared_dir={SHARED}"]
 def cpu_description() -> dict:
     """The machine's CPUs as Linux reports them: model, logical CPUs, and threads per physical core (2 when the
     logical CPUs are SMT siblings, so a busy loader worker can share a core with the training process)."""
-    out: dict = {"logical": os.cpu_count()}
+    from posekit.benchmarks.onnxruntime_int8 import cpu_name
+
+    out: dict = {"logical": os.cpu_count(), "model": cpu_name()}
     try:
-        info = Path("/proc/cpuinfo").read_text()
-        out["model"] = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
-                            None)
         siblings = Path("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list").read_text().strip()
         out["threads_per_core"] = sum(1 + (int(b) - int(a) if "-" in r else 0)
                                       for r in siblings.split(",") for a, _, b in [r.partition("-")])
@@ -432,7 +431,8 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=None,
                     help="seconds the phase may use (models: the next pth; deploy: the sweep is cut off)")
     args = ap.parse_args()
-    loader_runs(parse_loader_configs(args.loader_configs), tuple(args.loader_variants.split(",")))  # fail early
+    loader_configs, loader_variants = parse_loader_configs(args.loader_configs), tuple(args.loader_variants.split(","))
+    loader_runs(loader_configs, loader_variants)  # fails early on an unknown variant
     os.environ.setdefault("POSEKIT_CACHE", str(ROOT / ".cache"))
     RECIPE[0] = f"preset={args.preset}"
     RECIPE.extend(args.override)
@@ -485,8 +485,8 @@ def main() -> None:
             if args.phase == "all" and deadline is not None and deadline - time.perf_counter() < 240:
                 print("phase loader: skipped, less than 4 minutes of the budget left", flush=True)
                 continue
-            phase_loader(result, log, deadline=deadline, configs=parse_loader_configs(args.loader_configs),
-                         seconds=args.loader_seconds, variants=tuple(args.loader_variants.split(",")))
+            phase_loader(result, log, deadline=deadline, configs=loader_configs, seconds=args.loader_seconds,
+                         variants=loader_variants)
         elif name == "crowd":
             launch("stage=pipeline", "pipeline.steps=[train,eval]", f"experiment.name={experiment}", log=log,
                    deadline=deadline)

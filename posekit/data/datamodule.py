@@ -18,9 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from posekit.codec.encode import Encoder
+from posekit.config import ConfigError
 from posekit.data.coco import PoseDataset, collate_people
 from posekit.data.paths import DataPaths, resolve_data
-from posekit.config import ConfigError
 from posekit.skeleton import Skeleton
 
 
@@ -103,8 +103,9 @@ class PoseDataModule(pl.LightningDataModule):
         self.val_set: PoseDataset | None = None
         # data.targets_on_device: workers ship keypoints, the training device renders heatmaps and PAFs
         self.targets_on_device = bool(cfg.data.get("targets_on_device", False))
-        if not 0 <= int(cfg.data.worker_nice) <= 19:
-            raise ConfigError(f"data.worker_nice={cfg.data.worker_nice}: use 0 (off) to 19; the workers can only lower "
+        self.worker_nice = int(cfg.data.worker_nice)
+        if not 0 <= self.worker_nice <= 19:
+            raise ConfigError(f"data.worker_nice={self.worker_nice}: use 0 (off) to 19; the workers can only lower "
                               "their priority below the training process's, not raise it")
         self.encoder = Encoder(self.skeleton, self.input_hw, cfg.codec)
 
@@ -131,7 +132,6 @@ class PoseDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: PoseDataset, train: bool) -> DataLoader:
         workers = int(self.cfg.data.num_workers)
-        nice = int(self.cfg.data.worker_nice)
         return DataLoader(
             dataset,
             batch_size=int(self.cfg.data.batch_size),
@@ -140,7 +140,7 @@ class PoseDataModule(pl.LightningDataModule):
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
-            worker_init_fn=partial(configure_worker, nice=nice) if workers > 0 else None,
+            worker_init_fn=partial(configure_worker, nice=self.worker_nice) if workers > 0 else None,
             prefetch_factor=4 if workers > 0 else None,
             # Fresh worker processes, not forks: a fork inherits the parent's OpenCV/OpenMP thread pools in
             # whatever state they are (after an in-process eval, e.g. in `stage=pipeline`), and the workers
