@@ -47,6 +47,10 @@ class ExperimentConfig:
     name: str = "default"
     root: str = "experiments"  # relative paths are relative to the directory launch.py was started from
     dir: str = "${.root}/${.name}"  # every stage reads and writes under here (docs/experiment-layout.md)
+    # later stages take model.input_shape, keypoints and data from what the model was trained with (train/summary.json)
+    # unless the command line sets them (posekit/inherit.py); false: the composed config as is
+    inherit: bool = True
+    inherited_from: Optional[str] = None  # set by posekit: the record this run's settings came from
 
 
 # --------------------------------------------------------------------------------------------- keypoints
@@ -69,6 +73,7 @@ class ModelConfig:
     stages: int = 3  # initial stage + (stages-1) refinement stages, 2..7
     width: float = 1.0  # hidden-channel multiplier (1.0 = TAO, 16,777,835 params at 3 stages)
     input_shape: List[int] = field(default_factory=lambda: [288, 384])  # [H, W], multiples of 8
+    refinement_bn: bool = False  # posekit option: BatchNorm after each stage conv (TAO: none; docs/training.md)
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -181,12 +186,11 @@ class TrainerConfig:
     precision: str = "32-true"  # gpu presets: bf16-mixed
     max_epochs: int = 30
     max_steps: int = -1
-    max_time: Optional[str] = None  # "DD:HH:MM:SS"
+    max_time: Optional[str] = None  # "DD:HH:MM:SS": a safety cap only; the schedule follows the steps
     limit_train_batches: Any = 1.0
     limit_val_batches: Any = 1.0
     check_val_every_n_epoch: int = 5
     log_every_n_steps: int = 10
-    gradient_clip_val: Optional[float] = None
     accumulate_grad_batches: int = 1
     deterministic: bool = False
     benchmark: Optional[bool] = None
@@ -194,6 +198,17 @@ class TrainerConfig:
     enable_progress_bar: bool = True
     num_sanity_val_steps: int = 2  # val batches run before training (catches val-loop bugs early); 0 = off
     profiler: Optional[str] = None  # Lightning's: simple (wall time per hook, printed at the end) | advanced | pytorch
+
+
+@dataclass
+class GuardConfig:
+    """The step guard (posekit/train/guard.py): updates with a non-finite or exploding gradient are skipped."""
+
+    clip_factor: float = 3.0  # clip the gradient norm to this x its running median (0: off; optim.grad_clip: absolute)
+    spike_factor: float = 10.0  # skip a step whose gradient norm > this x the running median (0: non-finite only)
+    window: int = 200  # running-median window, steps
+    min_history: int = 50  # kept steps before a spike can be called
+    max_consecutive: int = 20  # more skipped steps in a row stop the run with a clear error
 
 
 @dataclass
@@ -210,6 +225,8 @@ class OptimConfig:
     l1_kernel_reg: float = 0.0  # TAO: 5e-4 on every conv kernel; pushes weights to zero for pruning
     l1_bn_gamma: float = 0.0  # posekit: L1 on BatchNorm scales (network slimming) so BN layers' filters die too
     l1_ramp: float = 0.0  # posekit: both L1 factors rise linearly from 0 over this share of the run (0 = TAO)
+    grad_clip: Optional[float] = None  # absolute max gradient L2 norm of the loss term (null: only guard.clip_factor)
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
 
 @dataclass
@@ -222,6 +239,7 @@ class TrainConfig:
     val_max_images: Optional[int] = 100
     save_top_k: int = 1
     checkpoint_every_n_steps: int = 0  # 0: last.ckpt every epoch; N: every N steps (long COCO epochs)
+    progress_every_n_steps: int = 100  # a progress line (step, loss, images/s, ETA) when stdout is not a terminal
     head_init: str = "kaiming"  # kaiming (He; trains from scratch far faster) | tao (N(0, 0.01), docs/training.md)
 
 
@@ -231,7 +249,8 @@ class RetrainConfig:
     l1_kernel_reg: float = 0.0  # TAO retrain: regularization off
     l1_bn_gamma: float = 0.0  # off in retrain too
     max_epochs: Optional[int] = None  # default: trainer.max_epochs
-    max_time: Optional[str] = None  # "DD:HH:MM:SS"; default: trainer.max_time
+    max_steps: Optional[int] = None  # default: trainer.max_steps (the run's length, hence its schedule)
+    max_time: Optional[str] = None  # "DD:HH:MM:SS" safety cap; default: trainer.max_time
     lr_scale: float = 1.0
 
 
@@ -384,8 +403,27 @@ def _choice(value: Any, key: str, allowed: list[str]) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed; allowed values: {allowed}")
 
 
+# TAO documents -pth 0.05..3.0; above it every layer ends at prune.min_filters (the normalized norms are <= 1)
+PTH_DOCUMENTED = (0.05, 3.0)
+
+
 def validate(cfg: DictConfig) -> None:
-    """Check what the schema's types cannot; raise :class:`ConfigError` naming the key and the allowed values."""
+    """Check what the schema's types cannot; raise :class:`ConfigError` naming the key and the allowed values.
+
+    Keys the schema does not have (``+key=...`` typos) are refused with the closest key, and every numeric knob
+    is checked against its range (``posekit.schema.RANGES``)."""
+    from posekit.schema import range_problems, suggest, unknown_keys
+
+    unknown = unknown_keys(cfg)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {unknown[0]!r}: posekit's schema (posekit/config.py) has no such key, so it would "
+            f"be ignored.{suggest(unknown[0])} Remove it (a +{unknown[0]}=... override or a config file's key)."
+            + (f" Also unknown: {', '.join(unknown[1:])}." if len(unknown) > 1 else "")
+        )
+    problems = range_problems(cfg)
+    if problems:
+        raise ConfigError("; ".join(problems))
     h_w = list(cfg.model.input_shape)
     if len(h_w) != 2 or any(int(v) <= 0 or int(v) % cfg.codec.stride for v in h_w):
         raise ConfigError(
@@ -417,6 +455,12 @@ def validate(cfg: DictConfig) -> None:
     )
     if not cfg.prune.pth >= 0:
         raise ConfigError(f"prune.pth={cfg.prune.pth}: the pruning threshold must be a number >= 0 (TAO: 0.05..3.0)")
+    if cfg.prune.pth > PTH_DOCUMENTED[1] and str(getattr(cfg.stage, "value", cfg.stage)) == "prune":
+        import logging
+
+        logging.getLogger("posekit").warning(
+            "prune.pth=%s is above the range TAO documents (%s..%s): every prunable layer will be cut to "
+            "prune.min_filters=%s filters", cfg.prune.pth, *PTH_DOCUMENTED, cfg.prune.min_filters)
     if cfg.prune.granularity < 1 or cfg.prune.min_filters < 1:
         raise ConfigError("prune.granularity and prune.min_filters must be >= 1 (TAO: 8 and 16)")
     if cfg.export.opset < 17:

@@ -99,6 +99,37 @@ class Experiment:
             raise MissingArtifactError(f"{what} not found at {default}. {hint}")
         return default
 
+    # ------------------------------------------------------------------ results of one setting
+    def result_folder(self, stage: str, tag: str, sections: tuple[str, ...], exclude: tuple[str, ...] = ()
+                      ) -> tuple[Path, str]:
+        """``(<experiment>/<stage>/<tag>, tag)``, unless that folder holds a result of another setting (its
+        ``summary.json`` config differs in ``sections``): then ``<tag>-<setting hash>``, so an earlier result is
+        never overwritten by one of another input shape, dataset or runtime. Says so when it moves."""
+        import logging
+
+        from posekit.sweep.chain import config_subset, digest, fingerprint
+
+        folder = self.root / stage / tag
+        try:
+            previous = io.read_json(folder / "summary.json").get("config")
+        except (OSError, ValueError, AttributeError):
+            previous = None
+        if not isinstance(previous, dict):
+            return folder, tag
+        mine = config_subset(self.cfg, sections, exclude)
+        theirs = config_subset(OmegaConf.create(previous), sections, exclude)
+        if digest(mine) == digest(theirs):
+            return folder, tag
+        from posekit.inherit import flatten
+
+        a, b = flatten(mine), flatten(theirs)
+        differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        new_tag = f"{tag}-{fingerprint(self.cfg, sections, exclude=exclude)[:8]}"
+        logging.getLogger("posekit").warning(
+            "%s/%s holds a result of another setting (%s differ%s); this one goes to %s/%s", stage, tag,
+            ", ".join(differ[:4]), " ..." if len(differ) > 4 else "", stage, new_tag)
+        return self.root / stage / new_tag, new_tag
+
     # ------------------------------------------------------------------ summaries
     def write_summary(
         self,
@@ -106,9 +137,11 @@ class Experiment:
         stage: str,
         artifacts: dict[str, Any] | None = None,
         metrics: dict[str, Any] | None = None,
+        name: str = "summary.json",
         **extra: Any,
     ) -> Path:
-        """Atomically write ``folder/summary.json``: stage, resolved config, artifact paths, main figures."""
+        """Atomically write ``folder/<name>`` (``summary.json``): stage, resolved config, artifact paths, main
+        figures. Stages write it last: its presence says the stage finished."""
         summary = {
             "stage": stage,
             "time": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -119,4 +152,4 @@ class Experiment:
             **extra,
             "config": OmegaConf.to_container(self.cfg, resolve=True, throw_on_missing=False),
         }
-        return io.write_json(Path(folder) / "summary.json", summary)
+        return io.write_json(Path(folder) / name, summary)

@@ -1,13 +1,22 @@
 """Atomic artifact writing: every file posekit produces is written to a temporary name in the same folder and
-renamed into place, so a killed run never leaves a half-written checkpoint, ONNX model, engine or JSON."""
+renamed into place, so a killed run never leaves a half-written checkpoint, ONNX model, engine or JSON.
+
+A killed run does leave its temporary file (a hidden ``.<name>.tmp-<pid>-<host id>-<random><suffix>``, possibly
+full-size); the name says which process wrote it, so :func:`remove_stale_temp` (run by every stage on its
+experiment folder) deletes those whose writer is gone and never one that a running process is still writing.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +31,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp-{os.getpid()}-{HOST_ID}-", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -37,6 +46,91 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+log = logging.getLogger(__name__)
+
+HOST_ID = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]  # which machine wrote a temporary file
+_TEMP = re.compile(r"^\..*\.tmp-(\d+)-([0-9a-f]{8})-[^/]*$")  # atomic_path's temporary names
+_LEGACY_TEMP = re.compile(r"^\..*\.[A-Za-z0-9_]{8}\.tmp(\.[^.]+)?$")  # names of posekit versions before the pid
+FOREIGN_AGE_S = 24 * 3600  # a temporary file of another machine (shared disk) is stale after a day untouched
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def stale_temp_files(root: str | os.PathLike) -> list[Path]:
+    """Temporary files under ``root`` left by killed writers: this machine's whose process is gone, another
+    machine's (or an older posekit's) untouched for :data:`FOREIGN_AGE_S`."""
+    stale = []
+    now = time.time()
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if not name.startswith("."):
+                continue
+            m = _TEMP.match(name)
+            if m is None and not _LEGACY_TEMP.match(name):
+                continue
+            path = Path(folder) / name
+            if m is not None and m.group(2) == HOST_ID:
+                if not _alive(int(m.group(1))):
+                    stale.append(path)
+                continue
+            with contextlib.suppress(OSError):
+                if now - path.stat().st_mtime > FOREIGN_AGE_S:
+                    stale.append(path)
+    return stale
+
+
+def remove_stale_temp(root: str | os.PathLike) -> list[Path]:
+    """Delete :func:`stale_temp_files` under ``root`` (a killed run's hidden, maybe full-size leftovers)."""
+    removed = []
+    for path in stale_temp_files(root):
+        with contextlib.suppress(FileNotFoundError):
+            size = path.stat().st_size
+            path.unlink()
+            removed.append(path)
+            log.info("removed %s (%.1f MB), left by a killed run", path, size / 1e6)
+    return removed
+
+
+def ensure_writable(folder: str | os.PathLike, what: str = "the output folder") -> Path:
+    """Create ``folder`` if needed and prove it takes a file, before any work is done whose result would be lost.
+
+    Raises :class:`~posekit.errors.UserError` naming the folder and the fix (read-only, full or forbidden)."""
+    from posekit.errors import UserError, write_failure
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".posekit-write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        why = write_failure(e) or e.strerror or str(e)
+        raise UserError(
+            f"{what} {folder} is not writable ({why}); nothing was run. Set experiment.root=PATH (or the stage's "
+            "output path) to a writable folder, or fix its permissions."
+        ) from e
+    return folder
+
+
+def writable_or_temp(path: str) -> str:
+    """``path`` if it can be created (its nearest existing folder takes writes), else a folder under the system's
+    temporary directory. Hydra's log folder (``hydra.run.dir``) goes through it, so a read-only experiment folder
+    reaches posekit's own check (one line, exit 2) instead of failing inside Hydra's start-up."""
+    p = Path(path).expanduser().absolute()
+    existing = next((a for a in (p, *p.parents) if a.exists()), Path("/"))
+    if os.access(existing, os.W_OK | os.X_OK):
+        return str(p)
+    return str(Path(tempfile.gettempdir()) / "posekit-logs" / str(p).strip("/").replace("/", "_"))
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

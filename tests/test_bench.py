@@ -29,11 +29,17 @@ def test_default_artifacts_are_the_exported_models(tmp_path):
     cfg = compose(f"experiment.root={tmp_path}", "stage=bench")
     from posekit.experiment import Experiment
 
+    from posekit.export.artifacts import artifact_record
+
     exp = Experiment(cfg)
     folder = exp.dir("export", "trained")
-    for name in ("model.128.128.fp32.onnx", "model.128.128.int8.cpu.onnx", "model.128.128.deploy.onnx",
-                 "model.128.128.fp16.engine", "cal.128.128.bin", "summary.json"):
+    names = ("model.128.128.fp32.onnx", "model.128.128.int8.cpu.onnx", "model.128.128.deploy.onnx",
+             "model.128.128.fp16.engine", "cal.128.128.bin")
+    for name in names:
         (folder / name).write_bytes(b"x")
+    records = {n: artifact_record(folder / n, precision="fp32", format="onnx") for n in names}
+    exp.write_summary(folder, "export", artifacts=records)
+    (folder / "model.128.128.int8.qdq.onnx").write_bytes(b"y")  # a killed export's file: no record lists it
     found = [p.name for p in default_artifacts(exp)]
     assert sorted(found) == ["model.128.128.fp16.engine", "model.128.128.fp32.onnx", "model.128.128.int8.cpu.onnx"]
 

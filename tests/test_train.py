@@ -18,7 +18,6 @@ from posekit.train.optim import (
     cosine_factor,
     param_groups,
     softstart_annealing_factor,
-    with_time_budget,
 )
 
 from tests.conftest import run_cli
@@ -259,7 +258,7 @@ def test_step_only_metrics_are_logged_on_the_steps_lightning_writes(written):
     for i in range(2):
         meter.on_train_batch_end(module.trainer, module, None, batch, i)
     every_step = {"train/loss"}
-    written_steps = {"train/lr", "train/l1", "train/l1_bn_gamma", "train/images_per_s", "train/stage1/heat",
+    written_steps = {"train/lr", "train/l1", "train/l1_bn_gamma", "train/images_per_s", "train/grad_norm", "train/stage1/heat",
                      "train/stage1/paf", "train/stage2/heat", "train/stage2/paf"}
     assert set(logged) == (every_step | written_steps if written else every_step)
 
@@ -396,67 +395,6 @@ def test_cosine_warmup_then_decay_to_min():
     assert all(a >= b for a, b in zip(values[20:], values[21:]))
     assert values[200] == pytest.approx(1e-3)
     assert values[110] == pytest.approx(1e-3 + (1 - 1e-3) * 0.5, rel=1e-6)  # half-way through the decay
-
-
-def test_time_budget_advances_the_schedule():
-    """Under trainer.max_time the schedule follows the clock when that is further along than the steps."""
-    f = cosine_factor(total_steps=1000, warmup=0.0, min_ratio=0.0)
-    clock = {"fraction": 0.0}
-    timed = with_time_budget(f, 1000, lambda: clock["fraction"])
-    assert timed(10) == pytest.approx(f(10))  # clock behind the steps: steps rule
-    clock["fraction"] = 0.5
-    assert timed(10) == pytest.approx(f(500)) == pytest.approx(0.5)
-    clock["fraction"] = 1.0
-    assert timed(10) == pytest.approx(0.0)  # budget spent: fully decayed
-    assert with_time_budget(f, 1000, None) is f
-
-
-class _FakeTimer:
-    """Lightning's Timer as the schedule clock reads it: elapsed since on_train_start (+ a resumed offset)."""
-
-    def __init__(self, budget: float, offset: float = 0.0):
-        self.budget, self.now = budget, offset
-
-    def time_elapsed(self, stage: str) -> float:
-        return self.now
-
-    def time_remaining(self, stage: str) -> float:
-        return max(0.0, self.budget - self.now)
-
-
-def test_schedule_clock_leaves_out_start_up_and_keeps_it_across_resume(monkeypatch):
-    """The seconds until the first step has ended (cuDNN autotuning, compilation) must not eat the warm-up: the
-    clock is (elapsed - start-up) / (budget - start-up), and the start-up sum survives a checkpoint."""
-    from posekit.train.module import PoseModule
-
-    arch = dict(stages=2, num_heatmaps=3, num_pafs=2, width=0.125)
-    optim = dict(name="adamw", lr=1e-3, weight_decay=0.0, schedule="cosine", warmup=0.05, min_lr=0.0,
-                 stagewise_lr=False, l1_kernel_reg=0.0)
-    module = PoseModule(arch, optim)
-    timer = _FakeTimer(budget=220.0)
-    monkeypatch.setattr(module, "_timer", lambda: timer)
-    fraction = module._time_fraction()
-    module.on_train_start()
-    timer.now = 20.0  # 20 s of start-up: the first (autotuning) step
-    assert fraction() == 0.0
-    module.on_train_batch_end(None, None, 0)
-    assert fraction() == pytest.approx(0.0)
-    timer.now = 120.0
-    assert fraction() == pytest.approx(100.0 / 200.0)
-
-    ckpt: dict = {}
-    module.on_save_checkpoint(ckpt)
-    resumed = PoseModule(arch, optim)
-    resumed.on_load_checkpoint(ckpt)
-    timer.now = 120.0  # the Timer restores its elapsed time as an offset
-    monkeypatch.setattr(resumed, "_timer", lambda: timer)
-    fraction = resumed._time_fraction()
-    resumed.on_train_start()
-    timer.now = 130.0  # 10 s more start-up in the resumed process
-    resumed.on_train_batch_end(None, None, 0)
-    assert fraction() == pytest.approx(100.0 / 190.0)
-    timer.now = 220.0
-    assert fraction() == pytest.approx(1.0)
 
 
 # --------------------------------------------------------------------------------------------- CLI, end to end

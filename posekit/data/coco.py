@@ -16,8 +16,6 @@ Items (tensors; P people, J joints, L limbs, (H, W) input, (h, w) = (H/8, W/8)):
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import os
 import pickle
@@ -42,17 +40,11 @@ log = logging.getLogger("posekit.data")
 
 # ============================================================================================== index
 def load_coco(ann_file: str | os.PathLike):
-    """``pycocotools.coco.COCO`` without its prints; a missing or broken file raises :class:`UserError`."""
-    from pycocotools.coco import COCO
+    """``pycocotools.coco.COCO`` without its prints; a missing or broken file raises :class:`UserError`.
+    Annotations with non-finite keypoints or boxes are dropped; their count is ``.dropped_annotations``."""
+    from posekit.data.annotations import load_coco_checked
 
-    ann_file = Path(ann_file)
-    if not ann_file.is_file():
-        raise UserError(f"annotation file not found: {ann_file}")
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return COCO(str(ann_file))
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{ann_file} is not a COCO annotation file ({type(e).__name__}: {e})") from e
+    return load_coco_checked(ann_file)
 
 
 def select_main_people(
@@ -204,6 +196,7 @@ class PoseDataset(Dataset):
             records.append(rec)
             if max_images is not None and len(records) >= max_images:
                 break
+        self.num_dropped_annotations = int(getattr(coco, "dropped_annotations", 0))  # non-finite, at load
         del coco
         if not samples:
             raise UserError(

@@ -19,19 +19,21 @@ from posekit.skeleton import Skeleton
 
 @dataclass(frozen=True)
 class DataPaths:
-    train_ann: Path
-    train_images: Path
-    val_ann: Path
-    val_images: Path
+    train_ann: Path | None  # None: not asked for (``resolve_data(splits=("val",))``)
+    train_images: Path | None
+    val_ann: Path | None
+    val_images: Path | None
 
 
 _KEYS = ("train_ann", "train_images", "val_ann", "val_images")
 
 
-def resolve_data(cfg: DictConfig) -> DataPaths:
+def resolve_data(cfg: DictConfig, splits: tuple[str, ...] = ("train", "val")) -> DataPaths:
     """The dataset's paths for the composed config (``cfg.data``, ``cfg.keypoints``).
 
-    Raises :class:`UserError` naming the missing path and the override that sets it.
+    ``splits``: what the caller reads. For COCO only those paths must be set and exist (eval, bench and the
+    export's parity check read ``val`` only, so they run with ``data.val_ann`` + ``data.val_images`` alone); the
+    others are None. Raises :class:`UserError` naming the missing path and the override that sets it.
     """
     name = cfg.data.name
     if name == "synthetic":
@@ -42,8 +44,8 @@ def resolve_data(cfg: DictConfig) -> DataPaths:
     if name != "coco":
         raise UserError(f"data.name={name!r}: allowed values are ['synthetic', 'coco']")
 
-    paths = {}
-    for key in _KEYS:
+    paths: dict[str, Path | None] = dict.fromkeys(_KEYS)
+    for key in (k for k in _KEYS if k.split("_")[0] in splits):
         try:
             value = cfg.data[key]
         except (MissingMandatoryValue, InterpolationResolutionError):
@@ -55,6 +57,8 @@ def resolve_data(cfg: DictConfig) -> DataPaths:
             )
         paths[key] = Path(os.path.expanduser(str(value))).resolve()
     for key, path in paths.items():
+        if path is None:
+            continue
         kind = "annotation file" if key.endswith("_ann") else "image folder"
         ok = path.is_file() if key.endswith("_ann") else path.is_dir()
         if not ok:

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from posekit.codec.decode import People
 from posekit.data.images import CorruptImageError, read_image_rgb
-from posekit.errors import MissingArtifactError, UserError
+from posekit.errors import UserError
 from posekit.skeleton import Skeleton
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,9 @@ def load_coco(ann: str | os.PathLike | COCO) -> COCO:
     """A pycocotools COCO object from an annotation file (quietly), or the object itself."""
     if isinstance(ann, COCO):
         return ann
-    path = Path(ann)
-    if not path.is_file():
-        raise MissingArtifactError(f"annotation file not found: {path}. Check data.val_ann / the data root.")
-    with contextlib.redirect_stdout(_io.StringIO()):
-        return COCO(str(path))
+    from posekit.data.annotations import load_coco_checked
+
+    return load_coco_checked(ann)  # malformed -> UserError; non-finite annotations dropped and counted
 
 
 def keypoint_category(coco: COCO, skeleton: Skeleton) -> int:
@@ -177,7 +175,8 @@ def evaluate(predictor: Any, ann_file: str | os.PathLike, image_dir: str | os.Pa
     """Run ``predictor`` on the GT file's images (sorted by id; the first ``max_images`` if given) and score.
 
     Returns (metrics, detections): metrics has the 10 COCO numbers (:data:`STATS`) plus ``images`` (evaluated),
-    ``skipped_images`` (corrupt or missing files) and ``ms_per_image`` (predictor time); detections are the
+    ``skipped_images`` (corrupt or missing files), ``dropped_annotations`` (non-finite keypoints or boxes) and
+    ``ms_per_image`` (predictor time); detections are the
     COCO results of all evaluated images.
     """
     gt = load_coco(ann_file)
@@ -227,6 +226,7 @@ def evaluate(predictor: Any, ann_file: str | os.PathLike, image_dir: str | os.Pa
     metrics.update(
         images=len(evaluated),
         skipped_images=len(skipped),
+        dropped_annotations=int(getattr(gt, "dropped_annotations", 0)),
         ms_per_image=round(predict_ms / len(evaluated), 3),
         seconds=round(time.perf_counter() - t0, 2),
     )

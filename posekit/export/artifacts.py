@@ -66,6 +66,49 @@ def ranges_name(input_hw: HW) -> str:
     return f"ranges.{_hw(input_hw)}.json"
 
 
+def precision_record_name(input_hw: HW, precision: str) -> str:
+    """The record of one precision's export (``summary.json`` is the latest export's, whatever its precision)."""
+    return f"summary.{_hw(input_hw)}.{precision}.json"
+
+
+def recorded_artifacts(folder: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """``{file name: record}`` of the artifacts that the finished exports of ``folder`` recorded (every
+    ``summary*.json``) and that are still the exact files recorded (sha256). A killed export writes no record,
+    and what it rewrote no longer matches, so its files are not listed: bench and eval use only these."""
+    folder = Path(folder)
+    records: dict[str, dict[str, Any]] = {}
+    for rec_path in sorted(folder.glob("summary*.json")):
+        try:
+            artifacts = io.read_json(rec_path).get("artifacts", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        for rec in artifacts.values() if isinstance(artifacts, dict) else ():
+            if isinstance(rec, dict) and rec.get("path") and rec.get("sha256"):
+                records.setdefault(Path(rec["path"]).name, rec)
+    complete = {}
+    for name, rec in records.items():
+        path = folder / name
+        if path.is_file() and path.stat().st_size == rec.get("size_bytes") and io.sha256(path) == rec["sha256"]:
+            complete[name] = rec
+    return complete
+
+
+def check_complete_export(path: str | os.PathLike, export_root: str | os.PathLike) -> None:
+    """Raise :class:`~posekit.errors.UserError` if ``path`` lies in an export folder under ``export_root`` but no
+    finished export recorded it (a killed export's leftover, or a file changed since)."""
+    from posekit.errors import UserError
+
+    path, export_root = Path(path).resolve(), Path(export_root).resolve()
+    if path.parent.parent != export_root or path.name.startswith(("summary", "ranges.", "calib.")):
+        return
+    if path.name not in recorded_artifacts(path.parent):
+        raise UserError(
+            f"{path} is not part of a finished export (no summary*.json in {path.parent} records this file: the "
+            "export was killed, or the file changed since). Re-run the export (python launch.py stage=export "
+            "precision=...) and use what it lists."
+        )
+
+
 def artifact_record(
     path: str | os.PathLike, *, precision: str, format: str, input_shape: list[int] | None = None, **extra: Any
 ) -> dict[str, Any]:

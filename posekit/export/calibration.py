@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -63,7 +62,9 @@ def sample_calibration_images(
     Returns absolute image paths in selection order: a seeded shuffle of the qualifying ids (sorted first,
     so the result does not depend on the annotation file's order), or ascending ids when ``shuffle`` is off.
     """
-    coco = json.loads(Path(ann_file).read_text())
+    from posekit.data.annotations import read_json_file
+
+    coco = read_json_file(ann_file, "annotation file", "Check data.train_ann (or data.root).")
     files = {int(im["id"]): im["file_name"] for im in coco.get("images", [])}
     ids = [i for i in qualifying_image_ids(coco, min_persons, min_keypoints) if i in files]
     if shuffle:
@@ -145,7 +146,9 @@ def build_calibration_data(
         canvases.append(_to_canvas(batch))
         used.append(str(p))
     if not canvases:
-        raise UserError(f"none of the {len(images)} calibration images could be read (first: {images[0]})")
+        first = f" (first: {images[0]})" if images else ""
+        raise UserError(f"none of the {len(images)} calibration images could be read{first}; check "
+                        "precision.calibration.images or the train images")
     data = CalibrationData(np.stack(canvases), used)
     with io.atomic_path(path) as tmp:
         with open(tmp, "wb") as f:  # a file object: np.savez would append '.npz' to a bare name

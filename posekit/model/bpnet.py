@@ -50,10 +50,10 @@ def scaled(channels: int, width: float) -> int:
     return max(8, int(round(channels * width / 8.0)) * 8)
 
 
-def conv_bn_relu(cin: int, cout: int, stride: int) -> nn.Sequential:
+def conv_bn_relu(cin: int, cout: int, stride: int, k: int = 3) -> nn.Sequential:
     return nn.Sequential(
         OrderedDict(
-            conv=nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+            conv=nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False),
             bn=nn.BatchNorm2d(cout),
             relu=nn.ReLU(inplace=True),
         )
@@ -77,13 +77,17 @@ class Branch(nn.Module):
 
 
 class Stage(nn.Module):
-    """One prediction stage: ``n_convs`` k x k convs, then a PAF branch and a heatmap branch."""
+    """One prediction stage: ``n_convs`` k x k convs (+ BatchNorm if ``bn``), then a PAF branch and a heatmap
+    branch."""
 
-    def __init__(self, cin: int, width: int, k: int, n_convs: int, hidden: int, num_heatmaps: int, num_pafs: int):
+    def __init__(
+        self, cin: int, width: int, k: int, n_convs: int, hidden: int, num_heatmaps: int, num_pafs: int,
+        bn: bool = False,
+    ):
         super().__init__()
         layers, c = [], cin
         for i in range(n_convs):
-            layers.append((f"conv{i + 1}", conv_relu(c, width, k)))
+            layers.append((f"conv{i + 1}", conv_bn_relu(c, width, 1, k) if bn else conv_relu(c, width, k)))
             c = width
         self.trunk = nn.Sequential(OrderedDict(layers))
         self.paf = Branch(width, hidden, num_pafs)
@@ -102,17 +106,24 @@ class BpNetLite(nn.Module):
         num_heatmaps: J + 1 (joints + background), from the skeleton.
         num_pafs: 2L, from the skeleton.
         width: hidden-channel multiplier (1.0 = TAO).
+        refinement_bn: BatchNorm after each trunk conv of the refinement stages (posekit option, off = TAO). The
+            five stacked 7x7 convs of a refinement stage have no normalisation in TAO's network.
 
     ``forward(x)`` with x (N, 3, H, W), H and W multiples of 8, returns ``(heatmaps, pafs)``: two lists of
     length ``stages`` with tensors (N, J+1, H/8, W/8) and (N, 2L, H/8, W/8); the last entries are the final
     prediction. The loss supervises every stage.
     """
 
-    def __init__(self, stages: int = 3, num_heatmaps: int = 19, num_pafs: int = 38, width: float = 1.0):
+    def __init__(
+        self, stages: int = 3, num_heatmaps: int = 19, num_pafs: int = 38, width: float = 1.0,
+        refinement_bn: bool = False,
+    ):
         super().__init__()
         if not 2 <= stages <= 7:
             raise ValueError(f"model.stages={stages}: allowed values are 2..7")
         self.arch = {"stages": stages, "num_heatmaps": num_heatmaps, "num_pafs": num_pafs, "width": float(width)}
+        if refinement_bn:  # only when on, so TAO-architecture checkpoints keep their arch record
+            self.arch["refinement_bn"] = True
         blocks, c = [], 3
         for name, cout, stride in BACKBONE:
             cout = scaled(cout, width)
@@ -124,7 +135,7 @@ class BpNetLite(nn.Module):
         self.stages = nn.ModuleList(
             [Stage(feat, feat, 3, 3, scaled(512, width), num_heatmaps, num_pafs)]
             + [
-                Stage(feat + num_heatmaps + num_pafs, feat, 7, 5, feat, num_heatmaps, num_pafs)
+                Stage(feat + num_heatmaps + num_pafs, feat, 7, 5, feat, num_heatmaps, num_pafs, bn=refinement_bn)
                 for _ in range(stages - 1)
             ]
         )
@@ -161,7 +172,8 @@ class BpNetLite(nn.Module):
                     nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                 else:
                     nn.init.normal_(m.weight, std=0.01)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         feat = self.channel_reduction(self.backbone(x))
@@ -197,6 +209,7 @@ def build_model(arch: Mapping[str, Any]) -> BpNetLite:
         num_heatmaps=int(arch["num_heatmaps"]),
         num_pafs=int(arch["num_pafs"]),
         width=float(arch.get("width", 1.0)),
+        refinement_bn=bool(arch.get("refinement_bn", False)),
     )
 
 

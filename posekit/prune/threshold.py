@@ -207,6 +207,19 @@ def retained_count(stat: torch.Tensor, settings: PruneSettings) -> int:
     return min(keep, n)
 
 
+def floor_count(channels: int, settings: PruneSettings) -> int:
+    """The fewest channels a group of ``channels`` can keep: ``min_filters`` rounded up to the granularity."""
+    keep = min(settings.min_filters, channels)
+    return min(keep + -keep % settings.granularity, channels)
+
+
+def groups_at_floor(groups: Sequence[dict[str, Any]], settings: PruneSettings) -> tuple[int, int]:
+    """``(at floor, cuttable)``: of the report's ``groups`` (``{"channels", "kept"}``) larger than their floor,
+    how many were cut down to it. Equal counts mean the threshold removed everything it could."""
+    cuttable = [g for g in groups if g["channels"] > floor_count(g["channels"], settings)]
+    return sum(1 for g in cuttable if g["kept"] == floor_count(g["channels"], settings)), len(cuttable)
+
+
 def retained_indices(stat: torch.Tensor, settings: PruneSettings) -> torch.Tensor:
     """Sorted indices of the top-``retained_count`` channels by stat (ties: lower index first)."""
     order = torch.argsort(stat, descending=True, stable=True)

@@ -39,7 +39,18 @@ class OrtBackend(Backend):
             opts.intra_op_num_threads = int(threads)
         opts.log_severity_level = 3  # errors only: ORT warns about every Q/DQ node it cannot fuse on CUDA
         self.providers = self._providers(device, ort.get_available_providers())
-        self.session = ort.InferenceSession(str(self.path), opts, providers=self.providers)
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=self.providers)
+        except Exception as e:
+            if not type(e).__module__.startswith("onnxruntime"):
+                raise
+            reason = str(e).split("failed:", 1)[-1].strip().splitlines()[0][:160] if str(e) else type(e).__name__
+            size = self.path.stat().st_size
+            raise UserError(
+                f"cannot load ONNX model {self.path} ({size} bytes): {reason} It is empty, truncated or not an ONNX "
+                "model. Re-export it (python launch.py stage=export) or point eval.artifact / infer.artifact / "
+                "bench.artifacts at a good file."
+            ) from None
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
 
         meta = self.session.get_modelmeta().custom_metadata_map

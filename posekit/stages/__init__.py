@@ -1,7 +1,10 @@
 """One module per stage, each with ``run(cfg) -> dict`` of figures and a ``MAIN_METRIC`` key.
 
-``run_stage`` validates the composed config, dispatches on ``cfg.stage`` and returns the main metric as a float,
-so Hydra sweepers can optimize it. User errors (bad override, missing file) print one clear message and exit 2.
+``run_stage`` validates the composed config, prepares the experiment (writable, locked, cleaned, the trained
+model's settings: :func:`posekit.preflight.prepared`), dispatches on ``cfg.stage`` and returns the main metric as
+a float, so Hydra sweepers can optimize it. This is the one place user errors are reported: a
+:class:`~posekit.errors.UserError` (bad override, missing or corrupt file, busy experiment) or a read-only/full
+disk prints one line and exits 2; a traceback only with ``POSEKIT_DEBUG=1`` or ``hydra.verbose=true``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from posekit.config import validate
-from posekit.errors import UserError
+from posekit.errors import EXIT_CODE, UserError, from_os_error, report
 
 log = logging.getLogger("posekit")
 
@@ -35,18 +38,44 @@ def _multirun() -> bool:
         return False
 
 
+def _hydra_verbose() -> object:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().verbose if HydraConfig.initialized() else None
+    except Exception:
+        return None
+
+
+def _overrides() -> list[str] | None:
+    from posekit.inherit import hydra_overrides
+
+    try:
+        return hydra_overrides()
+    except Exception:
+        return None
+
+
 def run_stage(cfg: DictConfig) -> float | None:
     stage = cfg.stage.value if hasattr(cfg.stage, "value") else str(cfg.stage)
     try:
         validate(cfg)
         module = stage_module(stage)
-        metrics = module.run(cfg) or {}
-    except UserError as e:
-        log.error("%s", e)
-        print(f"posekit: error: {e}", file=sys.stderr)
+        if stage == "pipeline" and _multirun():  # a sweep point: its steps lock their own (shared) folders
+            metrics = module.run(cfg) or {}
+        else:
+            from posekit.preflight import prepared
+
+            with prepared(stage, cfg, overrides=_overrides()) as ready:
+                metrics = module.run(ready) or {}
+    except (UserError, OSError) as e:
+        error = e if isinstance(e, UserError) else from_os_error(e)
+        if error is None:  # not the user's to fix: a bug, with its traceback
+            raise
+        report(error, _hydra_verbose(), raised=e)
         if _multirun():  # one bad point must not end the whole sweep: the report shows it as failed
             return None
-        sys.exit(2)
+        sys.exit(EXIT_CODE)
     main = getattr(module, "MAIN_METRIC", None)
     value = metrics.get(main) if main else None
     return float(value) if isinstance(value, (int, float)) else None

@@ -17,7 +17,6 @@ what else runs on the machine: benchmark on an otherwise idle one.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -43,12 +42,20 @@ ARTIFACT_PATTERNS = ("model.*.onnx", "model.*.engine")
 
 # ------------------------------------------------------------------------------------------------ inputs
 def default_artifacts(exp: Experiment) -> list[Path]:
-    """The experiment's exported models (deployable ONNX excluded: it is DeepStream's), else its latest model."""
-    found = sorted(
-        p for pattern in ARTIFACT_PATTERNS for p in exp.root.glob(f"export/*/{pattern}") if ".deploy." not in p.name
-    )
+    """The experiment's exported models that a finished export recorded (deployable ONNX excluded: it is
+    DeepStream's; a killed export's leftovers excluded), else its latest model."""
+    from posekit.export.artifacts import recorded_artifacts
+
+    found, partial = [], []
+    for folder in sorted(p for p in exp.root.glob("export/*") if p.is_dir()):
+        complete = recorded_artifacts(folder)
+        for p in sorted(q for pattern in ARTIFACT_PATTERNS for q in folder.glob(pattern) if ".deploy." not in q.name):
+            (found if p.name in complete else partial).append(p)
+    if partial:
+        log.warning("bench: skipping %d file(s) of unfinished exports (not in their summary*.json): %s",
+                    len(partial), ", ".join(str(p) for p in partial))
     if found:
-        return found
+        return sorted(found)
     path, _ = exp.latest_model()
     return [path]
 
@@ -61,10 +68,11 @@ def bench_images(cfg: DictConfig, count: int) -> list[np.ndarray]:
     if cfg.bench.images:
         paths = read_image_list(cfg.bench.images)
     else:
+        from posekit.data.annotations import load_coco_checked as load_coco
         from posekit.data.paths import resolve_data
 
-        data = resolve_data(cfg)
-        entries = sorted(json.loads(Path(data.val_ann).read_text())["images"], key=lambda im: im["id"])
+        data = resolve_data(cfg, splits=("val",))
+        entries = sorted(load_coco(data.val_ann).dataset["images"], key=lambda im: im["id"])
         paths = [Path(data.val_images) / im["file_name"] for im in entries]
     images = []
     for p in paths:
@@ -221,6 +229,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     exp = Experiment(cfg)
     artifacts = [Path(os.path.expanduser(str(a))).resolve() for a in cfg.bench.artifacts] or default_artifacts(exp)
+    from posekit.export.artifacts import check_complete_export
+
+    for path in artifacts:
+        check_complete_export(path, exp.root / "export")
     skeleton = Skeleton.from_cfg(OmegaConf.to_container(cfg.keypoints, resolve=True))
     images = bench_images(cfg, max(int(b) for b in cfg.bench.batch_sizes)) if cfg.bench.end_to_end else None
     rows, skipped = [], {}

@@ -3,10 +3,12 @@
     python launch.py stage=eval                                   # the experiment's latest model
     python launch.py stage=eval eval.artifact=path/model.288.384.int8.onnx runtime.flip=true
 
-Writes ``<experiment>/eval/<tag>/{metrics.json, detections.json, summary.json}``. ``<tag>`` is ``eval.tag``, or
+Writes ``<experiment>/eval/<tag>/{metrics.json, detections.json, summary.json}`` (``summary.json`` counts the
+unreadable images and dropped non-finite annotations). ``<tag>`` is ``eval.tag``, or
 the source tag of the latest model (``trained``, ``pruned-0.2``, ``retrained-0.2``), or for an explicit
 artifact its path inside the experiment with ``/`` -> ``-`` (``export-trained-model.288.384.int8``), or its
-file name outside it.
+file name outside it; if that folder holds a result of another setting (input shape, data, runtime...), the
+tag gets the setting's hash (``trained-1a2b3c4d``) instead of overwriting it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ log = logging.getLogger("posekit.eval")
 
 MAIN_METRIC = "AP"
 
+# what makes two evals of one artifact the same setting (their folder is shared; another setting gets its own)
+RESULT_SECTIONS = ("eval", "codec", "runtime", "data", "keypoints", "model.input_shape")
+RESULT_EXCLUDE = ("data.batch_size", "data.memory_batches", "data.targets_on_device", "data.worker_nice",
+                  "data.augment", "data.main_person_min_keypoints", "data.main_person_min_area", "data.train_ann",
+                  "data.train_images", "runtime.device", "runtime.ort_threads", "runtime.cuda_graphs")
+
 
 def artifact_and_tag(exp: Experiment, explicit: str | None) -> tuple[Path, str]:
     """The artifact to run (``explicit`` if given, else the experiment's latest model) and a folder-safe tag."""
@@ -34,6 +42,9 @@ def artifact_and_tag(exp: Experiment, explicit: str | None) -> tuple[Path, str]:
     path = Path(os.path.expanduser(explicit)).resolve()
     if not path.exists():
         raise MissingArtifactError(f"artifact not found: {path}. Check the path given on the command line.")
+    from posekit.export.artifacts import check_complete_export
+
+    check_complete_export(path, exp.root / "export")  # never a killed export's leftover
     try:
         rel = path.relative_to(exp.root)
         tag = "-".join((*rel.parent.parts, rel.stem))
@@ -58,8 +69,9 @@ def run(cfg: DictConfig) -> dict:
     exp = Experiment(cfg)
     artifact, tag = artifact_and_tag(exp, cfg.eval.artifact)
     tag = cfg.eval.tag or tag
+    out, tag = exp.result_folder("eval", tag, RESULT_SECTIONS, RESULT_EXCLUDE)
     predictor = build_predictor(cfg, artifact, skeleton)
-    data = resolve_data(cfg)
+    data = resolve_data(cfg, splits=("val",))  # eval reads the val set only
     max_images = cfg.eval.max_images if cfg.eval.max_images is not None else cfg.data.val_max_images
     log.info("eval %s (%s, %s mode, input %s) on %s", artifact, predictor.backend.name, predictor.mode,
              predictor.input_hw, data.val_ann)
@@ -67,7 +79,7 @@ def run(cfg: DictConfig) -> dict:
         predictor, data.val_ann, data.val_images, skeleton, max_images=max_images, max_dets=cfg.eval.max_dets,
         progress=True,
     )
-    out = exp.dir("eval", tag)
+    out.mkdir(parents=True, exist_ok=True)
     io.write_json(out / "metrics.json", metrics)
     io.write_json(out / "detections.json", detections)
     exp.write_summary(
@@ -77,9 +89,13 @@ def run(cfg: DictConfig) -> dict:
                    "val_ann": data.val_ann},
         metrics=metrics,
         tag=tag,
+        skipped={"images": metrics["skipped_images"], "annotations": metrics["dropped_annotations"]},
         backend={"name": predictor.backend.name, **predictor.backend.meta},
         runtime={"mode": predictor.mode, "input_hw": list(predictor.input_hw), "scales": predictor.scales,
                  "flip": predictor.flip},
     )
-    log.info("eval %s: AP %.4f (%d images) -> %s", tag, metrics["AP"], metrics["images"], out)
+    skipped = metrics["skipped_images"] + metrics["dropped_annotations"]
+    log.info("eval %s: AP %.4f (%d images%s) -> %s", tag, metrics["AP"], metrics["images"],
+             f"; skipped {metrics['skipped_images']} unreadable image(s) and {metrics['dropped_annotations']} "
+             "non-finite annotation(s)" if skipped else "", out)
     return metrics

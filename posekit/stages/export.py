@@ -54,8 +54,7 @@ def source_and_tag(cfg: DictConfig, exp: Experiment) -> tuple[Path, str]:
 def validation_inputs(cfg: DictConfig, input_hw: tuple[int, int], count: int) -> np.ndarray | None:
     """Up to ``count`` val images, strict-preprocessed: (N, 3, H, W) float32; None (with a warning) if the
     dataset is unavailable."""
-    import json
-
+    from posekit.data.annotations import load_coco_checked as load_coco
     from posekit.data.images import CorruptImageError, read_image_rgb
     from posekit.data.paths import resolve_data
     from posekit.runtime.preprocess import preprocess
@@ -63,11 +62,11 @@ def validation_inputs(cfg: DictConfig, input_hw: tuple[int, int], count: int) ->
     if count <= 0:
         return None
     try:
-        data = resolve_data(cfg)
+        data = resolve_data(cfg, splits=("val",))
     except UserError as e:
         log.warning("no validation images for the parity check (%s); checking random inputs only", e)
         return None
-    images = sorted(json.loads(Path(data.val_ann).read_text())["images"], key=lambda im: im["id"])
+    images = sorted(load_coco(data.val_ann).dataset["images"], key=lambda im: im["id"])
     batches = []
     for im in images:
         try:
@@ -223,6 +222,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     net, info = _load(src)
     hw = (int(cfg.model.input_shape[0]), int(cfg.model.input_shape[1]))
     out = exp.dir("export", tag)
+    # this precision's record goes first and comes back last: until then its files are not a finished export
+    (out / names.precision_record_name(hw, precision)).unlink(missing_ok=True)
     shape: list = input_shape(hw, ex.data_format)  # as recorded in summary.json; "batch" when dynamic
     if ex.dynamic_batch:
         shape[0] = "batch"
@@ -265,8 +266,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     parity_max = max(r["max_abs"] for r in parity.values())
     metrics = {"parity_max_abs": parity_max, "artifacts": len(records),
                **{f"{k}_max_abs_vs_fp32": v["max_abs"] for k, v in fidelity.items()}}
-    exp.write_summary(out, "export", artifacts=records, metrics=metrics, source={"path": str(src), "tag": tag},
-                      precision=precision, parity=parity, fidelity_vs_fp32=fidelity, trtexec=trtexec)
+    record = dict(artifacts=records, metrics=metrics, source={"path": str(src), "tag": tag}, precision=precision,
+                  parity=parity, fidelity_vs_fp32=fidelity, trtexec=trtexec)
+    exp.write_summary(out, "export", name=names.precision_record_name(hw, precision), **record)
+    exp.write_summary(out, "export", **record)  # last: the export is complete (bench and eval use only these)
     print(format_artifacts(records), flush=True)
     print(f"parity (ONNX Runtime vs torch, FP32): max |diff| {parity_max:.2e} "
           f"(inputs: {', '.join(parity)}) -> {out}", flush=True)

@@ -7,7 +7,8 @@ Writes to ``infer.output`` (default ``<experiment>/infer/<input name>/``):
   * ``detections.json``: COCO keypoint results (dataset-order keypoints, original-image pixels, as eval writes)
     and ``images.json``: their ``image_id`` -> ``file_name`` (for a video: ``frame``), ``height``, ``width``;
   * overlays (``infer.draw``): ``overlays/<image>.jpg``, or ``<video name>.mp4`` (mp4v) for a video;
-  * ``summary.json`` with counts, timings and the files that could not be read (skipped and reported).
+  * ``summary.json`` with counts, timings, the files that could not be read (skipped and reported) and, for a
+    video, the frames its header declares vs. those read (a truncated video says so: ``skipped.frames``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from posekit.stages.eval import artifact_and_tag, build_predictor
 log = logging.getLogger("posekit.infer")
 
 MAIN_METRIC = None  # inference has nothing to optimize
+
+RESULT_SECTIONS = ("infer", "codec", "runtime", "keypoints", "model.input_shape")  # one output folder per setting
 
 
 def input_files(src: Path) -> tuple[str, list[Path]]:
@@ -130,17 +133,19 @@ def _frame_batches(cap: cv2.VideoCapture, n: int) -> Iterator[list[np.ndarray]]:
             return
 
 
-def _run_video(predictor, src: Path, writer: _Writer) -> list[str]:
+def _run_video(predictor, src: Path, writer: _Writer) -> dict[str, Any]:
+    """Run every frame; returns ``{"declared_frames", "frames", "missing_frames"}``: a file that ends (or breaks)
+    before the length its header declares is reported, never passed off as complete."""
     cap = cv2.VideoCapture(str(src))
     if not cap.isOpened():
         raise UserError(f"cannot open video {src}: missing codec or not a video")
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    declared = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
     frame_id, video = 0, None
     with contextlib.ExitStack() as stack:  # unwinds last-in first-out: the video is closed before its rename
         stack.callback(cap.release)
         tmp = stack.enter_context(io.atomic_path(writer.out / f"{src.stem}.mp4")) if writer.draw else None
-        bar = stack.enter_context(tqdm(total=int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None, desc="infer",
-                                       unit="frame", dynamic_ncols=True))
+        bar = stack.enter_context(tqdm(total=declared or None, desc="infer", unit="frame", dynamic_ncols=True))
         for frames in _frame_batches(cap, predictor.chunk):
             for rgb, people in zip(frames, predictor.predict_many(frames)):
                 overlay = writer.add(frame_id, rgb, people, frame=frame_id)
@@ -156,7 +161,11 @@ def _run_video(predictor, src: Path, writer: _Writer) -> list[str]:
             bar.update(len(frames))
         if frame_id == 0:
             raise UserError(f"video {src} has no readable frames")
-    return []
+    missing = max(0, declared - frame_id)
+    if missing:
+        log.warning("video %s ended after %d of the %d frames its header declares: %d frame(s) missing "
+                    "(truncated or corrupt file)", src, frame_id, declared, missing)
+    return {"declared_frames": declared or None, "frames": frame_id, "missing_frames": missing}
 
 
 def run(cfg: DictConfig) -> dict:
@@ -169,19 +178,28 @@ def run(cfg: DictConfig) -> dict:
     skeleton = Skeleton.from_cfg(OmegaConf.to_container(cfg.keypoints, resolve=True))
     exp = Experiment(cfg)
     artifact, tag = artifact_and_tag(exp, cfg.infer.artifact)
-    predictor = build_predictor(cfg, artifact, skeleton)
     name = src.name if src.is_dir() else src.stem
-    out = Path(os.path.expanduser(str(cfg.infer.output))).resolve() if cfg.infer.output else exp.dir("infer", name)
-    out.mkdir(parents=True, exist_ok=True)
+    if cfg.infer.output:  # checked before any work: results that cannot be written are lost
+        out = io.ensure_writable(Path(os.path.expanduser(str(cfg.infer.output))).resolve(), "infer.output")
+    else:  # never over the result of another setting
+        out, _ = exp.result_folder("infer", name, RESULT_SECTIONS, ("runtime.device", "runtime.ort_threads"))
+        out.mkdir(parents=True, exist_ok=True)
+    predictor = build_predictor(cfg, artifact, skeleton)
     writer = _Writer(out, skeleton, bool(cfg.infer.draw), float(cfg.infer.min_score))
     log.info("infer %s with %s (%s) -> %s", src, artifact, predictor.backend.name, out)
-    skipped = _run_video(predictor, src, writer) if kind == "video" else _run_images(predictor, files, writer)
+    video: dict[str, Any] = {}
+    skipped: list[str] = []
+    if kind == "video":
+        video = _run_video(predictor, src, writer)
+    else:
+        skipped = _run_images(predictor, files, writer)
     if not writer.images:
         raise UserError(f"infer.input={src}: none of its {len(files)} image(s) could be read (see the warnings above)")
     io.write_json(out / "detections.json", writer.detections)
     io.write_json(out / "images.json", writer.images)
     n = len(writer.images)
-    metrics = {"images": n, "people": writer.people, "skipped": len(skipped)}
+    missing = int(video.get("missing_frames") or 0)
+    metrics = {"images": n, "people": writer.people, "skipped": len(skipped) + missing}
     if skipped:
         log.warning("infer: %d file(s) could not be read and were skipped: %s", len(skipped), ", ".join(skipped))
     exp.write_summary(
@@ -192,7 +210,9 @@ def run(cfg: DictConfig) -> dict:
                    else None},
         metrics=metrics,
         tag=tag,
+        skipped={"images": len(skipped), "frames": missing},
         skipped_files=skipped,
+        video=video or None,
         backend={"name": predictor.backend.name, **predictor.backend.meta},
     )
     log.info("infer: %d %s, %d people -> %s", n, "frames" if kind == "video" else "images", writer.people, out)

@@ -18,6 +18,7 @@ from posekit.errors import UserError
 from posekit.experiment import Experiment, pth_tag
 from posekit.model import load_model, save_model
 from posekit.prune import PruneSettings, check_excluded_layers, format_table, prune_model
+from posekit.prune.threshold import groups_at_floor
 
 log = logging.getLogger("posekit")
 
@@ -49,6 +50,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
              settings.normalizer, settings.equalization)
     pruned, history, report = prune_model(model, settings, input_hw)
     print(format_table(report), flush=True)
+    warnings = []
+    floor, cuttable = groups_at_floor(report["groups"], settings)
+    if settings.pth > 0 and cuttable and floor == cuttable:
+        warnings.append(
+            f"prune.pth={settings.pth}: every one of the {floor} prunable layer groups was cut to its minimum "
+            f"(prune.min_filters={settings.min_filters}); the threshold removes everything it can. TAO documents "
+            "0.05..3.0 and the normalized norms are at most 1: lower prune.pth to keep the model's accuracy."
+        )
+    for w in warnings:
+        log.warning("%s", w)
 
     # A model that was pruned before (prune -> retrain -> prune) keeps its earlier history: the file is
     # rebuilt from the unpruned arch on load, so the saved history must replay every round in order.
@@ -76,7 +87,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     }
     folder = exp.dir("prune")
     summary = exp.write_summary(
-        folder, "prune", artifacts={"model": out, "source": source}, metrics=metrics, report=report
+        folder, "prune", artifacts={"model": out, "source": source}, metrics=metrics, report=report,
+        warnings=warnings,
     )
     io.write_json(folder / f"summary-{pth_tag(settings.pth)}.json", io.read_json(summary))
     log.info("wrote %s (%.1f %% of the parameters)", out, 100 * metrics["params_ratio"])

@@ -3,7 +3,7 @@
 Loads ``<experiment>/prune/model.pruned-<pth>.pt`` (or ``retrain.model``) with ``load_model``, which rebuilds
 the pruned graph from its pruning history, and trains it with the same data, loss and optimizer recipe as the
 train stage. Differences, as TAO's retrain spec: L1 regularization off (``retrain.l1_kernel_reg``, default 0),
-its own epoch count (``retrain.max_epochs``) and a learning-rate scale (``retrain.lr_scale``).
+its own length (``retrain.max_steps`` / ``retrain.max_epochs``) and a learning-rate scale (``retrain.lr_scale``).
 
 Writes ``<experiment>/retrain/pth-<pth>/``: checkpoints, ``model.pt`` (with the pruning history), logs and
 ``summary.json``. Re-running resumes from its ``last.ckpt``; if the pruned model was re-made since, it
@@ -70,8 +70,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             net=net,
         )
 
-    result = fit(cfg, stage_dir, make_module, max_epochs=max_epochs, max_time=cfg.retrain.max_time, model_meta=meta,
-                 on_arch_change="restart")
+    max_steps = cfg.retrain.max_steps if cfg.retrain.max_steps is not None else cfg.trainer.max_steps
+    result = fit(cfg, stage_dir, make_module, max_epochs=max_epochs, max_steps=int(max_steps),
+                 max_time=cfg.retrain.max_time, model_meta=meta, on_arch_change="restart")
     if not result.is_global_zero:
         return {}
     metrics = stage_metrics(result)

@@ -7,6 +7,7 @@ Writes ``<experiment>/train/``: ``checkpoints/{last,best}.ckpt``, ``model.pt`` (
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from omegaconf import DictConfig
@@ -23,12 +24,15 @@ MAIN_METRIC = "val/AP"
 
 def arch_from_config(cfg: DictConfig, skeleton: Skeleton) -> dict[str, Any]:
     """``BpNetLite.arch`` for ``cfg.model`` with the skeleton's output channel counts."""
-    return {
+    arch = {
         "stages": int(cfg.model.stages),
         "num_heatmaps": skeleton.num_heatmaps,
         "num_pafs": skeleton.num_pafs,
         "width": float(cfg.model.width),
     }
+    if cfg.model.refinement_bn:  # recorded only when on (BpNetLite.arch), so TAO-architecture records stay as they were
+        arch["refinement_bn"] = True
+    return arch
 
 
 def stage_metrics(result: FitResult) -> dict[str, Any]:
@@ -41,6 +45,10 @@ def stage_metrics(result: FitResult) -> dict[str, Any]:
         "train/images_per_s": f.get("images_per_s"),
         "epochs": f.get("epochs"),
         "global_step": f.get("global_step"),
+        "planned_steps": f.get("planned_steps"),
+        "stopped_early": f.get("stopped_early"),  # "max_time" | "interrupted" | None (the schedule completed)
+        "skipped_steps": (f.get("guard") or {}).get("skipped_steps"),
+        "max_loss_ratio": (f.get("guard") or {}).get("max_loss_ratio"),  # after the warm-up, vs the running median
         "train_wall_s": f.get("train_wall_s"),
         "startup_s": round(sum(f["startup"].values()), 1) if f.get("startup") else None,
     }
@@ -55,9 +63,9 @@ def report(stage: str, result: FitResult, metrics: dict[str, Any]) -> None:
     print("\n".join(lines), flush=True)
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    exp = Experiment(cfg)
-    stage_dir = exp.dir("train")
+def module_factory(cfg: DictConfig) -> tuple[Callable[[], PoseModule], dict[str, Any]]:
+    """``(make_module, meta)``: a fresh ``PoseModule`` of ``cfg.model`` with the ``cfg.optim`` recipe (built after
+    ``fit`` seeds the run), and the facts ``model.pt`` records."""
     skeleton = Skeleton.from_cfg(cfg.keypoints)
     arch = arch_from_config(cfg, skeleton)
     meta = {"skeleton": skeleton.name, "input_shape": [int(v) for v in cfg.model.input_shape], "source": "trained"}
@@ -73,6 +81,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             config=plain(cfg),
         )
 
+    return make_module, meta
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    exp = Experiment(cfg)
+    stage_dir = exp.dir("train")
+    make_module, meta = module_factory(cfg)
     result = fit(cfg, stage_dir, make_module, max_epochs=int(cfg.trainer.max_epochs), model_meta=meta)
     if not result.is_global_zero:
         return {}

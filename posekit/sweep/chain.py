@@ -338,11 +338,15 @@ def step_lock(path: Path, what: str) -> Iterator[None]:
 
 
 def default_stage_runner(stage: str, cfg: DictConfig) -> dict:
+    """Validate, prepare (lock the step's stage in its folder, waiting for a holder; clean; check the checkpoint
+    to resume from) and run one stage. No settings are inherited: the chain derives every step's config."""
     from posekit.config import validate
+    from posekit.preflight import prepared
     from posekit.stages import stage_module
 
     validate(cfg)
-    return stage_module(stage).run(cfg) or {}
+    with prepared(stage, cfg, wait=True) as ready:
+        return stage_module(stage).run(ready) or {}
 
 
 class StepRunner:

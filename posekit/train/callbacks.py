@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -117,8 +118,8 @@ class StartupClock(Callback):
     selection; generating the synthetic set on first use), ``trainer_s`` up to ``on_train_start`` (model to the
     device, strategy, optimizer, and Lightning creating the data iterator, which starts the loader workers),
     ``first_batch_s`` waiting for the first batch, ``first_step_s`` the first optimizer step (cuDNN autotuning,
-    compilation). Lightning's ``max_time`` clock starts at ``on_train_start``, so only the last two count against
-    a time box, and the learning-rate schedule leaves them out (``PoseModule._time_fraction``).
+    compilation). Lightning's ``max_time`` clock (a safety cap) starts at ``on_train_start``, so only the last two
+    count against it.
     """
 
     def __init__(self, t0: float | None = None) -> None:
@@ -161,6 +162,43 @@ class StartupClock(Callback):
             out[key] = round(max(0.0, t - prev), 3)
             prev = t
         return out
+
+
+class ProgressLog(Callback):
+    """A plain log line every ``every`` optimizer steps: step / planned, loss, images/s and ETA.
+
+    For runs whose output goes to a file (SLURM, ``nohup``, CI): Lightning's progress bar redraws one terminal line
+    and shows nothing useful there. ``enabled``: the trainer's progress bar is off; lines are also written when
+    standard output is not a terminal.
+    """
+
+    def __init__(self, every: int, enabled: bool = False) -> None:
+        self.every = int(every)
+        self.enabled = enabled or not sys.stdout.isatty()
+        self._t0: float | None = None
+        self._step0 = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._t0, self._step0 = time.perf_counter(), int(trainer.global_step)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = int(trainer.global_step)
+        if not self.enabled or self.every <= 0 or step % self.every or not trainer.is_global_zero or self._t0 is None:
+            return
+        planned = trainer.estimated_stepping_batches
+        planned = int(planned) if isinstance(planned, (int, float)) and math.isfinite(planned) else None
+        elapsed = time.perf_counter() - self._t0
+        done = step - self._step0
+        rate = done * int(batch["image"].shape[0]) * trainer.world_size / elapsed if elapsed > 0 else 0.0
+        loss = trainer.callback_metrics.get("train/loss_step", trainer.callback_metrics.get("train/loss"))
+        eta = (planned - step) * elapsed / done if planned and done > 0 else None
+        log.info(
+            "step %d%s  loss %s  %.0f images/s  ETA %s", step, f"/{planned}" if planned else "",
+            f"{float(loss):.4g}" if loss is not None else "-", rate,
+            "-" if eta is None else time.strftime("%H:%M:%S", time.gmtime(eta)),
+        )  # fmt: skip
 
 
 class ValidationAP(Callback):

@@ -16,8 +16,9 @@ Checkpoints (``<stage dir>/checkpoints``):
 from __future__ import annotations
 
 import logging
+import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,13 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, Timer
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from posekit.config import ConfigError
 from posekit.errors import UserError
 from posekit.model.io import save_model
-from posekit.train.callbacks import EpochHistory, StartupClock, ThroughputMeter, ValidationAP, snapshot
+from posekit.train.callbacks import EpochHistory, ProgressLog, StartupClock, ThroughputMeter, ValidationAP, snapshot
 from posekit.train.module import PoseModule
 
 log = logging.getLogger("posekit.train")
@@ -185,6 +186,28 @@ def coco_ap_evaluator(cfg: DictConfig, datamodule: Any, precision: str) -> Calla
     return evaluate_ap
 
 
+def run_length(trainer: pl.Trainer, global_step: int) -> dict[str, Any]:
+    """The planned and the run optimizer steps, and whether (and why) the run stopped before the plan:
+    ``trainer.max_time`` is a safety cap, so a run it cuts short is reported, never silently accepted."""
+    planned = trainer.estimated_stepping_batches
+    planned = int(planned) if isinstance(planned, (int, float)) and math.isfinite(planned) else None
+    out: dict[str, Any] = {"planned_steps": planned, "stopped_early": None}
+    if planned is not None and global_step < planned:
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        capped = timer is not None and (timer.time_remaining("train") or 0.0) <= 0
+        out["stopped_early"] = "max_time" if capped else "interrupted"
+        log.warning(
+            "training stopped at step %d of the %d planned (%s): the schedule did not complete",
+            global_step, planned, "trainer.max_time reached" if capped else "interrupted",
+        )  # fmt: skip
+    return out
+
+
+def non_finite_tensors(net: torch.nn.Module) -> list[str]:
+    """Names of the state-dict tensors of ``net`` that hold a NaN or an Inf."""
+    return [k for k, v in net.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 # --------------------------------------------------------------------------------------------- resume
 def last_checkpoint(ckpt_dir: Path) -> Path | None:
     p = ckpt_dir / f"{LAST}.ckpt"
@@ -209,17 +232,21 @@ def fit(
     make_module: Callable[[], PoseModule],
     *,
     max_epochs: int,
+    max_steps: int | None = None,
     max_time: str | None = None,
     model_meta: dict[str, Any] | None = None,
     on_arch_change: str = "error",
+    extra_callbacks: Sequence[pl.Callback] = (),
 ) -> FitResult:
     """Train ``make_module()`` on ``PoseDataModule(cfg)``; write checkpoints, logs and ``model.pt`` under
     ``stage_dir``.
 
     The seed is set before the module is built, so initial weights, augmentation and shuffling repeat.
     ``model_meta`` is stored in ``model.pt`` next to the network (skeleton, input shape, source...).
-    ``max_time`` ("DD:HH:MM:SS", default ``trainer.max_time``) boxes the run; the learning-rate schedule then
-    also completes within it.
+    ``max_steps`` (default ``trainer.max_steps``) and ``max_epochs`` set the run's length, hence its schedule.
+    ``max_time`` ("DD:HH:MM:SS", default ``trainer.max_time``) is a safety cap only: the schedule follows the
+    steps, and a run the cap cuts short says so (``figures["stopped_early"]`` and a warning).
+    ``extra_callbacks`` join posekit's own (diagnostics, benchmarks).
     ``on_arch_change``: what to do when ``last.ckpt`` holds another network than ``make_module()`` builds:
     ``"error"`` (train: a changed ``model.*`` in an existing experiment is most likely a mistake, and starting
     over would overwrite that run's checkpoints) or ``"restart"`` (retrain: the pruned model was re-made, the old
@@ -228,8 +255,9 @@ def fit(
     from posekit.data.datamodule import PoseDataModule
 
     startup = StartupClock()
-    if max_epochs < 1 and int(cfg.trainer.max_steps) < 1:
-        raise ConfigError("nothing to train: set trainer.max_epochs >= 1 (or retrain.max_epochs) or trainer.max_steps")
+    max_steps = int(cfg.trainer.max_steps if max_steps is None else max_steps)
+    if max_epochs < 1 and max_steps < 1:
+        raise ConfigError("nothing to train: set trainer.max_steps >= 1 (or retrain.max_steps) or trainer.max_epochs")
     pl.seed_everything(int(cfg.seed), workers=True)
     val = resolve_validation(cfg)
     datamodule = PoseDataModule(cfg)
@@ -269,7 +297,8 @@ def fit(
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    callbacks = [startup, meter, *([ap_cb] if ap_cb else []), history, last_cb, best_cb]
+    progress = ProgressLog(int(cfg.train.progress_every_n_steps), enabled=not bool(tr.enable_progress_bar))
+    callbacks = [startup, meter, progress, *([ap_cb] if ap_cb else []), history, last_cb, best_cb, *extra_callbacks]
     loggers = [
         CSVLogger(save_dir=str(stage_dir), name="csv"),
         TensorBoardLogger(save_dir=str(stage_dir), name="tensorboard", default_hp_metric=False),
@@ -281,14 +310,13 @@ def fit(
         strategy=tr.strategy,
         precision=precision,
         max_epochs=max_epochs,
-        max_steps=int(tr.max_steps),
+        max_steps=max_steps,
         max_time=max_time if max_time is not None else tr.max_time,
         limit_train_batches=tr.limit_train_batches,
         limit_val_batches=tr.limit_val_batches if val.loss else 0,
         check_val_every_n_epoch=int(tr.check_val_every_n_epoch) if val.loss else 1,
         num_sanity_val_steps=int(tr.num_sanity_val_steps) if val.loss else 0,
         log_every_n_steps=int(tr.log_every_n_steps),
-        gradient_clip_val=tr.gradient_clip_val,
         accumulate_grad_batches=int(tr.accumulate_grad_batches),
         deterministic=bool(tr.deterministic),
         benchmark=tr.benchmark,
@@ -345,12 +373,21 @@ def fit(
     figures["startup"] = startup.phases()
     figures["monitor"] = val.monitor
     figures["best_monitor_value"] = float(best_cb.best_model_score) if best_cb.best_model_score is not None else None
+    figures.update(run_length(trainer, result.global_step))
+    if module.guard is not None:
+        figures["guard"] = module.guard.summary()
     result.figures = figures
 
     # model.pt from the selected checkpoint's weights (rebuilt on the CPU, uncompiled).
     state = torch.load(source, map_location="cpu", weights_only=True)["state_dict"]
     net = snapshot(module.net).cpu()
     net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
+    bad = non_finite_tensors(net)
+    if bad:  # the guard keeps non-finite updates out; this is the last line before an artifact other stages trust
+        raise UserError(
+            f"{source} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}); model.pt was not written. "
+            "Check the data for NaN/Inf keypoints and lower optim.lr, then train again with train.resume=false."
+        )
     meta = {
         **(model_meta or {}),
         "weights": result.weights,

@@ -7,17 +7,18 @@ and ``posekit.model.load_model`` reads them directly (state-dict keys ``net.*``)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from pytorch_lightning.callbacks import Timer
 
 from posekit.data.images import normalize_tensor
 from posekit.model.bpnet import BpNetLite, build_model
 from posekit.train.callbacks import DeviceScalars, logging_step
+from posekit.train.guard import StepGuard
 from posekit.train.loss import add_l1_subgradient, bn_scales, conv_kernels, l1_penalty, pose_loss
 from posekit.train.optim import build_optimizer
 
@@ -95,17 +96,18 @@ class PoseModule(pl.LightningModule):
         self.l1_factor = float(optim.get("l1_kernel_reg", 0.0))
         self.l1_gamma = float(optim.get("l1_bn_gamma", 0.0))
         self.l1_ramp = float(optim.get("l1_ramp", 0.0))
-        self._clock: Callable[[], float] | None = None  # the time box's share used (set with the optimizer)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         if compile:
             self.net.compile()
-        # Seconds of the time budget spent before the first step had ended (cuDNN autotuning), summed over resumed
-        # runs; the schedule's clock leaves them out (_time_fraction).
-        self._startup_s = 0.0
-        self._elapsed_at_start: float | None = None
-        self._stepping = False
+        # The step guard (clipping, skipped non-finite/exploding steps, the per-step record); built with the
+        # optimizer, when the planned step count (for the warm-up's length) is known.
+        self.guard: StepGuard | None = None
+        self._guard_state: dict[str, Any] | None = None
+        self._step_losses: list[torch.Tensor] = []  # this optimizer step's (micro-)batch losses
+        self._batch_size = 1
+        self._params: list[torch.Tensor] | None = None
         self._scalars = DeviceScalars()
         self._l1_groups: list[tuple[str, float, list[torch.Tensor]]] | None = None  # (log name, factor, tensors)
 
@@ -121,28 +123,72 @@ class PoseModule(pl.LightningModule):
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, parts = self._loss(batch)
-        bs = batch["image"].shape[0]
-        # train/loss is the data term (comparable with val/loss across recipes); the L1 terms are added to the
-        # gradients in on_before_optimizer_step and logged there. Its epoch mean needs every step; the per-stage
-        # terms and the learning rate are logged only on the steps Lightning writes (logging_step: each call costs
-        # CPU the GPU waits for).
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
+        # The step's loss goes to the guard, which logs it (train/loss, with its epoch mean) once it knows the step
+        # is kept: a non-finite or exploding step must not turn the epoch mean, which checkpoints and
+        # summary.json use, into NaN. The L1 terms are added to the gradients in on_before_optimizer_step.
+        self._step_losses.append(loss.detach())
+        self._batch_size = int(batch["image"].shape[0])
+        # The per-stage terms and the learning rate are logged only on the steps Lightning writes (logging_step:
+        # each call costs CPU the GPU waits for).
         if logging_step(self.trainer):
+            bs = self._batch_size
             self.log_dict({f"train/{k}": v for k, v in parts.items()}, on_step=True, on_epoch=False, batch_size=bs)
             group = self.trainer.optimizers[0].param_groups[0]
             lr = self._scalars("lr", group["lr"] / group.get("lr_mult", 1.0), loss.device)  # no host->device sync
             self.log("train/lr", lr, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """The L1 regularizers (``optim.l1_kernel_reg`` on every conv kernel, ``optim.l1_bn_gamma`` on the BN
-        scales), applied as their subgradient ``factor * sign(W)`` added to the gradients.
+    def _trainable(self) -> list[torch.Tensor]:
+        if self._params is None:  # listed once, not every step
+            self._params = [p for p in self.net.parameters() if p.requires_grad]
+        return self._params
 
-        That is the gradient autograd would give for ``factor * sum|W|`` added to the loss (TAO's formulation), so
-        the optimizer, gradient clipping and accumulation see the same numbers; Lightning calls this hook once per
-        optimizer step, after unscaling. Done here, it is a few fused ``_foreach`` kernels instead of an
-        abs and a sum per tensor in the forward pass and their gradients in the backward pass.
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The step guard, then the L1 regularizers. Lightning calls this once per optimizer step, after the
+        backward pass (and after unscaling under fp16), before the update.
+
+        1. Guard (:mod:`posekit.train.guard`): the loss gradient's global norm decides whether the update is applied
+           (non-finite or exploding: every gradient set to None, so the optimizer and its moments leave the step
+           out); kept steps are clipped to ``optim.grad_clip``. ``train/grad_norm`` logs the pre-clip norm,
+           ``train/skipped_steps`` the running count.
+        2. L1 (``optim.l1_kernel_reg`` on every conv kernel, ``optim.l1_bn_gamma`` on the BN scales), applied as
+           their subgradient ``factor * sign(W)`` added to the gradients: the gradient autograd would give for
+           ``factor * sum|W|`` in the loss (TAO's formulation), as a few fused ``_foreach`` kernels instead of an abs
+           and a sum per tensor forward and backward. Added after clipping: the regularizer's pull is bounded by
+           construction, and the clip is there for the data term.
         """
+        params = self._trainable()
+        grads = [p.grad for p in params if p.grad is not None]
+        losses, self._step_losses = self._step_losses, []
+        if not grads or not losses:
+            return
+        loss = torch.stack(losses).float().mean()
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
+        log = logging_step(self.trainer)
+        if self.guard is not None:
+            loss_value, norm_value = torch.stack([loss, norm]).tolist()  # the one host sync of the step
+            verdict = self.guard.check(int(self.trainer.global_step), loss_value, norm_value)
+            if verdict.skip:
+                for p in params:
+                    p.grad = None
+                self.print(
+                    f"step {self.trainer.global_step}: update skipped ({verdict.reason}: loss {loss_value:.4g}, "
+                    f"gradient norm {norm_value:.4g}, running median {verdict.median})"
+                )
+                self.log("train/skipped_steps", float(self.guard.skipped), on_step=True, on_epoch=False,
+                         batch_size=1)
+                return
+            if verdict.max_norm is not None:
+                torch.nn.utils.clip_grads_with_norm_([p for p in params if p.grad is not None], verdict.max_norm, norm)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=self._batch_size)
+        if log:
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
+            if self.guard is not None:
+                self.log("train/skipped_steps", float(self.guard.skipped), on_step=True, on_epoch=False,
+                         batch_size=1)
+        self._add_l1(log)
+
+    def _add_l1(self, log: bool) -> None:
         if self.l1_factor <= 0 and self.l1_gamma <= 0:
             return
         if self._l1_groups is None:  # the network's tensors, listed once rather than walking its modules every step
@@ -155,7 +201,6 @@ class PoseModule(pl.LightningModule):
                 if factor > 0
             ]
         ramp = self._l1_ramp_factor()
-        log = logging_step(self.trainer)
         for name, factor, tensors in self._l1_groups:
             if log:  # the penalty itself is only for the logs: computed on the steps Lightning writes
                 self.log(name, ramp * factor * l1_penalty(tensors), on_step=True, on_epoch=False, batch_size=1)
@@ -174,74 +219,56 @@ class PoseModule(pl.LightningModule):
         )
 
     def _progress(self) -> float:
-        """Share of the run done: steps / planned steps, or the time box's share when that is further."""
+        """Share of the planned optimizer steps done: a function of the step alone, never of the clock."""
         total = self.trainer.estimated_stepping_batches
-        p = self.trainer.global_step / total if isinstance(total, int) and total > 0 else 0.0
-        if self._clock is not None:
-            p = max(p, self._clock())
+        p = self.trainer.global_step / total if isinstance(total, (int, float)) and math.isfinite(total) and total > 0 else 0.0
         return min(1.0, max(0.0, p))
 
     def _l1_ramp_factor(self) -> float:
-        """``optim.l1_ramp``: the L1 factors rise linearly from 0 over that share of the run (0: full from the first
-        step, as TAO). Letting the network find its features before the regularizers pull is meant against the
-        all-background plateau that strong L1 from step 0 can hold a short run on."""
+        """``optim.l1_ramp``: the L1 factors rise linearly from 0 over that share of the planned steps (0: full from
+        the first step, as TAO). Letting the network find its features before the regularizers pull is meant
+        against the all-background plateau that strong L1 from step 0 can hold a short run on."""
         if self.l1_ramp <= 0:
             return 1.0
         return min(1.0, self._progress() / self.l1_ramp)
 
-    # ------------------------------------------------------------------ optimizer
-    def _timer(self) -> Timer | None:
-        return next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
-
-    def _time_fraction(self) -> Callable[[], float] | None:
-        """Share of ``trainer.max_time`` used by training steps so far: (elapsed - start-up) / (budget - start-up).
-
-        Lightning's Timer counts from ``on_train_start`` (after the loader workers and the first batch) and keeps its
-        elapsed time across resumes. Start-up here is what the box spends before the first step has finished: that
-        step autotunes every convolution (``cudnn.benchmark``) and, with ``train.compile``, compiles.
-        Counted in, those seconds would consume a short warm-up before the optimizer had taken a few steps, and the
-        next steps would run at the peak learning rate (the likely cause of the 3.5 min H200 run's all-background
-        plateau). Like :class:`ThroughputMeter`, the clock starts when the first step ends.
-        """
-        timer = self._timer()
-        if timer is None:
-            return None
-
-        def fraction() -> float:
-            if not self._stepping:
-                return 0.0
-            elapsed = timer.time_elapsed("train") - self._startup_s
-            budget = elapsed + (timer.time_remaining("train") or 0.0)
-            return elapsed / budget if budget > 0 else 0.0
-
-        return fraction
-
-    def on_train_start(self) -> None:
-        timer = self._timer()
-        self._elapsed_at_start = timer.time_elapsed("train") if timer is not None else None
-        self._stepping = False
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if not self._stepping:  # the first step of this process has ended: everything before it was start-up
-            timer = self._timer()
-            if timer is not None and self._elapsed_at_start is not None:
-                self._startup_s += max(0.0, timer.time_elapsed("train") - self._elapsed_at_start)
-            self._stepping = True
-
+    # ------------------------------------------------------------------ checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["posekit_startup_s"] = float(self._startup_s)
+        if self.guard is not None:
+            checkpoint["posekit_guard"] = self.guard.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._startup_s = float(checkpoint.get("posekit_startup_s", 0.0))
+        self._guard_state = checkpoint.get("posekit_guard")
+        if self.guard is not None and self._guard_state is not None:
+            self.guard.load_state_dict(self._guard_state)
 
     def configure_optimizers(self) -> dict[str, Any]:
         total = self.trainer.estimated_stepping_batches
-        if not isinstance(total, int) or total <= 0:
+        if not isinstance(total, (int, float)) or not math.isfinite(total) or total <= 0:
             # The schedules are fractions of the whole run, so the run must have a known length.
             raise ValueError(
                 f"cannot build the learning-rate schedule: {total} optimizer steps. "
-                "Set trainer.max_epochs (>= 1) or trainer.max_steps."
+                "Set trainer.max_steps (or trainer.max_epochs >= 1)."
             )
-        self._clock = self._time_fraction()
-        opt, sched = build_optimizer(self.net, self.hparams["optim"], total, self.hparams["lr_scale"], self._clock)
+        total = int(total)
+        optim = self.hparams["optim"]
+        opt, sched = build_optimizer(self.net, optim, total, self.hparams["lr_scale"])
+        self.guard = build_guard(optim, total)
+        if self._guard_state is not None:  # on_load_checkpoint ran before the optimizer existed
+            self.guard.load_state_dict(self._guard_state)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+
+def build_guard(optim: Mapping[str, Any], total_steps: int) -> StepGuard:
+    """The step guard from ``optim.grad_clip`` and ``optim.guard.*``; the loss-spike figure starts after the
+    warm-up (``optim.warmup`` of the planned steps)."""
+    g = dict(optim.get("guard") or {})
+    return StepGuard(
+        clip=optim.get("grad_clip"),
+        clip_factor=float(g.get("clip_factor", 0.0)),
+        spike_factor=float(g.get("spike_factor", 0.0)),
+        window=int(g.get("window", 200)),
+        min_history=int(g.get("min_history", 50)),
+        max_consecutive=int(g.get("max_consecutive", 20)),
+        warmup_steps=int(round(float(optim.get("warmup", 0.0)) * total_steps)),
+    )

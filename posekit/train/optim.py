@@ -135,36 +135,17 @@ def softstart_annealing_factor(
     return factor
 
 
-def with_time_budget(
-    factor: Callable[[int], float], total_steps: int, time_fraction: Callable[[], float] | None
-) -> Callable[[int], float]:
-    """Advance a step schedule by whichever is further along: the step count or the time budget.
-
-    A run boxed by ``trainer.max_time`` usually stops long before ``max_epochs``; driven by steps alone its
-    schedule would still be at the peak learning rate when the clock runs out. ``time_fraction()`` (elapsed /
-    budget, in [0, 1]) maps to an equivalent step, so warm-up and decay complete within the budget too.
-    """
-    if time_fraction is None:
-        return factor
-    total = max(1, int(total_steps))
-
-    def timed(step: int) -> float:
-        return factor(max(step, int(min(1.0, max(0.0, time_fraction())) * total)))
-
-    return timed
-
-
 def build_optimizer(
     net: nn.Module,
     optim: Mapping[str, Any],
     total_steps: int,
     lr_scale: float = 1.0,
-    time_fraction: Callable[[], float] | None = None,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """Optimizer + per-step scheduler from an ``optim`` config mapping (``OptimConfig`` as a plain dict).
 
-    ``lr_scale`` multiplies ``lr`` and ``min_lr`` (retrain's ``retrain.lr_scale``). ``time_fraction``: the
-    share of a wall-clock budget used so far (see :func:`with_time_budget`), or None.
+    ``lr_scale`` multiplies ``lr`` and ``min_lr`` (retrain's ``retrain.lr_scale``). The schedule is a function of
+    the optimizer step and ``total_steps`` alone, so the seed and the config determine it: a slower machine, a
+    time cap or a kill and resume never change the rate at step k.
     """
     lr = float(optim["lr"]) * lr_scale
     min_lr = float(optim["min_lr"]) * lr_scale
@@ -188,4 +169,4 @@ def build_optimizer(
         factor = softstart_annealing_factor(total_steps, float(optim["warmup"]), float(optim["annealing"]), lr, min_lr)
     else:
         raise ValueError(f"optim.schedule={schedule!r}: allowed values are ['cosine', 'softstart_annealing']")
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, with_time_budget(factor, total_steps, time_fraction))
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)

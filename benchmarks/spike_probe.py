@@ -1,0 +1,199 @@
+"""Where does a training loss spike come from? Train with per-step diagnostics and report every spike.
+
+    python benchmarks/spike_probe.py --out DIR --stop-at 1500 preset=gpu seed=7 optim.grad_clip=null \
+        optim.guard.spike_factor=0 experiment.name=probe-s7
+
+The run is the train stage's own (same config, data, module, optimizer and planned schedule: ``--stop-at`` ends it
+early without shortening the schedule), plus :class:`SpikeProbe`, which records on every step:
+
+* the loss, and each stage's heatmap and PAF terms (recomputed from the forward pass's outputs);
+* the global gradient norm and each conv layer's weight-gradient norm, before clipping;
+* each ReLU's output RMS and the share of its channels that are dead (zero on every pixel of the batch);
+* each conv layer's weight norm, and the learning rate.
+
+It writes ``DIR/probe-<name>.jsonl`` (one JSON object a step, after a header line naming the layers) and prints a
+report: for each step whose loss exceeds 3x the running median of the previous 100 steps, the stage terms and the
+layers whose gradient grew most against the median of the 100 steps before, and per stage the dead-ReLU share 100
+steps before, at and 200 steps after the spike. A lab tool: it syncs with the device several times a step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from posekit.config import compose, validate  # noqa: E402
+from posekit.experiment import Experiment  # noqa: E402
+from posekit.stages.train import module_factory  # noqa: E402
+from posekit.train.fit import fit  # noqa: E402
+from posekit.train.loss import masked_l2  # noqa: E402
+
+
+class SpikeProbe(pl.Callback):
+    """Per-step diagnostics (see the module docstring), appended to ``path`` as JSON lines."""
+
+    def __init__(self, path: Path, stop_at: int | None = None):
+        self.path, self.stop_at = path, stop_at
+        self._fh = None
+        self._acts: dict[str, torch.Tensor] = {}
+        self._outputs: Any = None
+        self._grads: torch.Tensor | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        net = pl_module.net
+        self.convs = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+        self.relus = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.ReLU)]
+        for name, m in self.relus:
+            m.register_forward_hook(self._act_hook(name))
+        net.register_forward_hook(lambda mod, inp, out: setattr(self, "_outputs", out))
+        self._fh = self.path.open("w")
+        self._fh.write(json.dumps({"convs": [n for n, _ in self.convs], "relus": [n for n, _ in self.relus]}) + "\n")
+
+    def _act_hook(self, name: str):
+        def hook(mod: nn.Module, inp: Any, out: torch.Tensor) -> None:
+            if not mod.training:
+                return
+            with torch.no_grad():
+                o = out.detach().float()
+                rms = o.pow(2).mean().sqrt()
+                dead = (o.amax(dim=(0, 2, 3)) <= 0).float().mean()  # channels zero on every pixel of the batch
+                self._acts[name] = torch.stack([rms, dead])
+
+        return hook
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        # callbacks run before the module's hook: these are the raw (unclipped) loss gradients
+        norms = [m.weight.grad.detach().float().norm() if m.weight.grad is not None else torch.zeros((), device=pl_module.device)
+                 for _, m in self.convs]
+        self._grads = torch.stack(norms)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = int(trainer.global_step) - 1
+        with torch.no_grad():
+            heats, pafs = self._outputs
+            terms = []
+            for h, p in zip(heats, pafs):
+                terms += [masked_l2(h, batch["heatmaps"], batch["mask"]), masked_l2(p, batch["pafs"], batch["mask"])]
+            weights = torch.stack([m.weight.detach().float().norm() for _, m in self.convs])
+            acts = torch.stack([self._acts[n] for n, _ in self.relus])
+            grads = self._grads if self._grads is not None else torch.zeros_like(weights)
+            blob = torch.cat([torch.stack(terms).float(), grads, weights, acts.flatten()]).cpu().tolist()
+        n_t, n_c = len(terms), len(self.convs)
+        guard = pl_module.guard.steps[-1] if pl_module.guard is not None and pl_module.guard.steps else None
+        group = trainer.optimizers[0].param_groups[0]
+        record = {
+            "step": step,
+            "loss": guard[1] if guard else sum(blob[:n_t]),
+            "grad_norm": guard[2] if guard else None,
+            "skipped": bool(guard[3]) if guard else False,
+            "lr": group["lr"] / group.get("lr_mult", 1.0),
+            "terms": blob[:n_t],
+            "layer_grad": blob[n_t:n_t + n_c],
+            "weight": blob[n_t + n_c:n_t + 2 * n_c],
+            "act_rms": blob[n_t + 2 * n_c::2],
+            "dead": blob[n_t + 2 * n_c + 1::2],
+        }
+        self._fh.write(json.dumps(record) + "\n")
+        if step % 50 == 0:
+            self._fh.flush()  # a run killed at its time limit keeps what it measured
+        if self.stop_at is not None and step + 1 >= self.stop_at:
+            trainer.should_stop = True
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._fh is not None:
+            self._fh.close()
+
+
+# --------------------------------------------------------------------------------------------- report
+def stage_of(name: str) -> str:
+    parts = name.split(".")
+    return f"stage{int(parts[1]) + 1}" if parts[0] == "stages" else parts[0]
+
+
+def report(path: Path, ratio: float = 3.0, window: int = 100) -> dict[str, Any]:
+    lines = path.read_text().splitlines()
+    head, rows = json.loads(lines[0]), [json.loads(x) for x in lines[1:]]
+    convs, relus = head["convs"], head["relus"]
+    stages = sorted({stage_of(n) for n in relus})
+    out: dict[str, Any] = {"steps": len(rows), "spikes": []}
+    if not rows:
+        return out
+    losses = [r["loss"] for r in rows]
+    print(f"{path.name}: {len(rows)} steps, loss {losses[0]:.4g} -> {statistics.median(losses[-50:]):.4g} "
+          f"(median of the last 50), max {max(losses):.4g} at step {rows[losses.index(max(losses))]['step']}")
+
+    def dead_by_stage(i: int) -> dict[str, float]:
+        i = max(0, min(len(rows) - 1, i))
+        return {s: round(statistics.mean(d for n, d in zip(relus, rows[i]["dead"]) if stage_of(n) == s), 3)
+                for s in stages}
+
+    last_spike = -10**9
+    for i in range(window, len(rows)):
+        med = statistics.median(losses[i - window:i])
+        if losses[i] <= ratio * med or i - last_spike < 50:
+            continue
+        last_spike = i
+        r = rows[i]
+        before = rows[i - window:i]
+        grad_ratio = []
+        for j, name in enumerate(convs):
+            base = statistics.median(b["layer_grad"][j] for b in before) or 1e-12
+            grad_ratio.append((r["layer_grad"][j] / base, name))
+        grad_ratio.sort(reverse=True)
+        n_stage = len(r["terms"]) // 2
+        term_names = [f"s{k + 1}/{t}" for k in range(n_stage) for t in ("heat", "paf")]
+        base_terms = [statistics.median(b["terms"][k] for b in before) for k in range(len(term_names))]
+        spike = {
+            "step": r["step"], "loss": r["loss"], "median_before": med, "lr": r["lr"], "grad_norm": r["grad_norm"],
+            "grad_norm_median_before": statistics.median(b["grad_norm"] for b in before if b["grad_norm"] is not None)
+            if any(b["grad_norm"] is not None for b in before) else None,
+            "terms": dict(zip(term_names, [round(t, 2) for t in r["terms"]])),
+            "terms_median_before": dict(zip(term_names, [round(t, 2) for t in base_terms])),
+            "top_grad_ratio": [(n, round(x, 1)) for x, n in grad_ratio[:6]],
+            "dead_before": dead_by_stage(i - window), "dead_at": dead_by_stage(i),
+            "dead_after_200": dead_by_stage(i + 200),
+            "loss_after_200": statistics.median(losses[i + 150:i + 250]) if i + 150 < len(rows) else None,
+        }
+        out["spikes"].append(spike)
+        print(json.dumps(spike))
+    out["dead_final"] = dead_by_stage(len(rows) - 1)
+    out["act_rms_final"] = {n: round(v, 3) for n, v in zip(relus, rows[-1]["act_rms"])}
+    print("dead ReLU channels at the end, by stage:", out["dead_final"])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--stop-at", type=int, default=None, help="end the run after this many steps (schedule unchanged)")
+    ap.add_argument("--report-only", type=Path, default=None, help="only print the report of an existing JSONL")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    if args.report_only:
+        report(args.report_only)
+        return
+    cfg = compose(["stage=train", *args.overrides])
+    validate(cfg)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"probe-{cfg.experiment.name}.jsonl"
+    make_module, meta = module_factory(cfg)
+    stage_dir = Experiment(cfg).dir("train")
+    fit(cfg, stage_dir, make_module, max_epochs=int(cfg.trainer.max_epochs), model_meta=meta,
+        extra_callbacks=[SpikeProbe(path, args.stop_at)])
+    json.dump(report(path), (args.out / f"probe-{cfg.experiment.name}.report.json").open("w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
