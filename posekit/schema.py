@@ -288,6 +288,15 @@ RANGES: dict[str, tuple[str, str]] = {
     "retrain.l1_bn_gamma": ("[0,)", "L1 factor"),
     "retrain.max_epochs": ("[0,)", "epochs"),
     "retrain.lr_scale": ("(0,)", "learning-rate factor"),
+    "retrain.max_steps": ("[-1,)", "optimizer steps; -1: by epochs"),
+    "trainer.max_steps": ("[-1,)", "optimizer steps; -1: by epochs"),
+    "optim.grad_clip": ("(0,)", "gradient L2 norm; null: only the relative bound"),
+    "optim.guard.clip_factor": ("[0,)", "x the running median gradient norm; 0: off"),
+    "optim.guard.spike_factor": ("[0,)", "x the running median gradient norm; 0: skip non-finite steps only"),
+    "optim.guard.window": ("[1,)", "steps"),
+    "optim.guard.min_history": ("[1,)", "steps"),
+    "optim.guard.max_consecutive": ("[0,)", "skipped steps in a row before the run stops"),
+    "train.progress_every_n_steps": ("[0,)", "steps; 0: no progress lines"),
 }
 
 

@@ -199,7 +199,7 @@ def test_export_cli_int8_leaves_every_artifact_and_each_onnx_evaluates(tmp_path,
     assert summary["metrics"]["parity_max_abs"] < 1e-3 and set(summary["parity"]) == {"random", "val"}
 
     # eval runs on each ONNX artifact (the model is untrained: this checks the plumbing, not the AP)
-    evaluate = pytest.importorskip("posekit.evaluate.coco_eval", reason="the eval module is not installed").evaluate
+    from posekit.evaluate.coco_eval import evaluate
     from posekit.runtime import Predictor, load_backend
 
     for name in [n for n in expected if n.endswith(".onnx")]:

@@ -63,3 +63,32 @@ def test_build_model_round_trips_arch():
     clone = build_model(net.arch)
     assert clone.arch == net.arch
     assert [t.shape for t in clone.state_dict().values()] == [t.shape for t in net.state_dict().values()]
+
+
+def test_refinement_bn_normalizes_every_refinement_trunk_conv_and_survives_save_load(tmp_path, skeleton):
+    """model.refinement_bn (off by default: TAO's network): conv (no bias) -> BN -> ReLU for each 7x7 conv of the
+    refinement stages; stage 1, the branches and the outputs stay as TAO has them. The option travels in ``arch``,
+    so a saved model (and a pruned one, through its history) rebuilds with the same layers."""
+    from posekit.model.io import load_model, save_model
+
+    plain = BpNetLite(stages=3, num_heatmaps=skeleton.num_heatmaps, num_pafs=skeleton.num_pafs, width=0.125)
+    net = BpNetLite(stages=3, num_heatmaps=skeleton.num_heatmaps, num_pafs=skeleton.num_pafs, width=0.125,
+                    refinement_bn=True)
+    assert "refinement_bn" not in plain.arch and net.arch["refinement_bn"] is True
+    for stage in net.stages[1:]:
+        for block in stage.trunk:
+            assert isinstance(block.bn, nn.BatchNorm2d) and block.conv.bias is None and block.conv.kernel_size == (7, 7)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in net.stages[0].modules())
+    extra_bn = sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) - sum(
+        isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    assert extra_bn == 2 * 5
+    net.eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        before = FinalStage(net)(x)
+    path = save_model(tmp_path / "m.pt", net)
+    loaded, info = load_model(path)
+    assert info["arch"]["refinement_bn"] is True
+    with torch.no_grad():
+        after = FinalStage(loaded)(x)
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])

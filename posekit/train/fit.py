@@ -31,7 +31,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from posekit.config import ConfigError
 from posekit.errors import UserError
-from posekit.model.io import save_model
+from posekit.model.io import check_finite, read_checkpoint, save_model
 from posekit.train.callbacks import EpochHistory, ProgressLog, StartupClock, ThroughputMeter, ValidationAP, snapshot
 from posekit.train.module import PoseModule
 
@@ -203,11 +203,6 @@ def run_length(trainer: pl.Trainer, global_step: int) -> dict[str, Any]:
     return out
 
 
-def non_finite_tensors(net: torch.nn.Module) -> list[str]:
-    """Names of the state-dict tensors of ``net`` that hold a NaN or an Inf."""
-    return [k for k, v in net.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-
-
 # --------------------------------------------------------------------------------------------- resume
 def last_checkpoint(ckpt_dir: Path) -> Path | None:
     p = ckpt_dir / f"{LAST}.ckpt"
@@ -216,7 +211,7 @@ def last_checkpoint(ckpt_dir: Path) -> Path | None:
 
 def resumable(ckpt: Path, module: PoseModule) -> str | None:
     """None if ``ckpt`` holds the same network as ``module``; else what differs (architecture or pruned graph)."""
-    blob = torch.load(ckpt, map_location="cpu", weights_only=True)
+    blob = read_checkpoint(ckpt, hint="Move it away to start over, or run with train.resume=false.")
     hp = blob.get("hyper_parameters", {})
     if hp.get("arch") != module.hparams["arch"]:
         return "architecture (model.*)"
@@ -382,12 +377,8 @@ def fit(
     state = torch.load(source, map_location="cpu", weights_only=True)["state_dict"]
     net = snapshot(module.net).cpu()
     net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
-    bad = non_finite_tensors(net)
-    if bad:  # the guard keeps non-finite updates out; this is the last line before an artifact other stages trust
-        raise UserError(
-            f"{source} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}); model.pt was not written. "
-            "Check the data for NaN/Inf keypoints and lower optim.lr, then train again with train.resume=false."
-        )
+    # The guard keeps non-finite updates out; this is the last line before an artifact other stages trust.
+    check_finite(net.state_dict(), source, "checkpoint (model.pt was not written)")
     meta = {
         **(model_meta or {}),
         "weights": result.weights,

@@ -149,8 +149,9 @@ class PoseModule(pl.LightningModule):
 
         1. Guard (:mod:`posekit.train.guard`): the loss gradient's global norm decides whether the update is applied
            (non-finite or exploding: every gradient set to None, so the optimizer and its moments leave the step
-           out); kept steps are clipped to ``optim.grad_clip``. ``train/grad_norm`` logs the pre-clip norm,
-           ``train/skipped_steps`` the running count.
+           out); kept steps are clipped to the guard's bound (``optim.guard.clip_factor`` x the running median,
+           and ``optim.grad_clip`` if set). ``train/grad_norm`` logs the pre-clip norm, ``train/skipped_steps`` the
+           running count.
         2. L1 (``optim.l1_kernel_reg`` on every conv kernel, ``optim.l1_bn_gamma`` on the BN scales), applied as
            their subgradient ``factor * sign(W)`` added to the gradients: the gradient autograd would give for
            ``factor * sum|W|`` in the loss (TAO's formulation), as a few fused ``_foreach`` kernels instead of an abs
@@ -175,8 +176,8 @@ class PoseModule(pl.LightningModule):
                     f"step {self.trainer.global_step}: update skipped ({verdict.reason}: loss {loss_value:.4g}, "
                     f"gradient norm {norm_value:.4g}, running median {verdict.median})"
                 )
-                self.log("train/skipped_steps", float(self.guard.skipped), on_step=True, on_epoch=False,
-                         batch_size=1)
+                self.log("train/skipped_steps", self._scalars("skipped", self.guard.skipped, norm.device),
+                         on_step=True, on_epoch=False, batch_size=1)
                 return
             if verdict.max_norm is not None:
                 torch.nn.utils.clip_grads_with_norm_([p for p in params if p.grad is not None], verdict.max_norm, norm)
@@ -184,8 +185,8 @@ class PoseModule(pl.LightningModule):
         if log:
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
             if self.guard is not None:
-                self.log("train/skipped_steps", float(self.guard.skipped), on_step=True, on_epoch=False,
-                         batch_size=1)
+                self.log("train/skipped_steps", self._scalars("skipped", self.guard.skipped, norm.device),
+                         on_step=True, on_epoch=False, batch_size=1)
         self._add_l1(log)
 
     def _add_l1(self, log: bool) -> None:
