@@ -250,3 +250,25 @@ def test_a_killed_and_resumed_run_follows_the_uninterrupted_learning_rate_curve(
         cut = _lr_by_step(tmp_path / "capped" / "default" / "train")
         for step in cut:
             assert cut[step] == pytest.approx(reference[step], rel=1e-6), step
+
+
+# --------------------------------------------------------------------------------------------- honest summaries
+@pytest.mark.slow
+def test_the_train_summary_counts_samples_replaced_for_an_unreadable_image(tmp_path, coco_sample):
+    """The loader replaces a sample whose image cannot be read by the next readable one; the workers' own counters
+    are out of the training process's sight, so every batch carries the count and summary.json has the total."""
+    import shutil
+
+    from tests.conftest import run_cli
+
+    data = tmp_path / "coco"
+    shutil.copytree(coco_sample, data)
+    (data / "000000196141.jpg").write_bytes(b"not a jpeg")  # 4 of the sample's 12 training samples
+    ann = data / "test_coco.json"
+    run_cli("stage=train", "preset=tiny", "data=coco", f"data.train_ann={ann}", f"data.train_images={data}",
+            f"data.val_ann={ann}", f"data.val_images={data}", f"experiment.root={tmp_path}",
+            "trainer.limit_train_batches=1.0", "trainer.limit_val_batches=0", "train.val_every_n_epochs=0")
+    s = json.loads((tmp_path / "default" / "train" / "summary.json").read_text())
+    assert s["figures"]["data"]["train_samples"] == 12 and s["figures"]["data"]["train_images"] == 4
+    assert s["metrics"]["replaced_samples"] == 4 and s["metrics"]["dropped_annotations"] == 0
+    assert s["metrics"]["global_step"] == 3  # one epoch of 12 samples in batches of 4: nothing lost

@@ -277,6 +277,9 @@ class PoseDataset(Dataset):
                 "image": torch.from_numpy(to_chw_uint8(s["image"])),
                 "mask": torch.from_numpy(s["mask"]),
                 "image_id": s["image_id"],
+                # samples passed over for an unreadable image before this one: the training process sums them
+                # (the workers' own counters are not visible to it) into summary.json
+                "replaced": int(attempt > 0),
             }
             if self.keypoints_only:
                 kps = np.asarray(s["keypoints"], np.float32).reshape(-1, self.skeleton.num_joints, 3)

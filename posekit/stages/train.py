@@ -48,6 +48,8 @@ def stage_metrics(result: FitResult) -> dict[str, Any]:
         "planned_steps": f.get("planned_steps"),
         "stopped_early": f.get("stopped_early"),  # "max_time" | "interrupted" | None (the schedule completed)
         "skipped_steps": (f.get("guard") or {}).get("skipped_steps"),
+        "replaced_samples": (f.get("data") or {}).get("replaced_samples"),  # unreadable images met by the loader
+        "dropped_annotations": (f.get("data") or {}).get("dropped_annotations"),  # non-finite, at load
         "max_loss_ratio": (f.get("guard") or {}).get("max_loss_ratio"),  # after the warm-up, vs the running median
         "train_wall_s": f.get("train_wall_s"),
         "startup_s": round(sum(f["startup"].values()), 1) if f.get("startup") else None,

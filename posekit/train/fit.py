@@ -339,6 +339,10 @@ def fit(
             log.info("resuming from %s", resume)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
 
+    # every rank takes part in the sum (a collective), before the other ranks return
+    replaced = trainer.strategy.reduce(
+        torch.as_tensor(module.replaced_samples, dtype=torch.float64, device=module.device), reduce_op="sum"
+    )
     result = FitResult(
         is_global_zero=trainer.is_global_zero,
         monitor=val.monitor,
@@ -369,6 +373,13 @@ def fit(
     figures["monitor"] = val.monitor
     figures["best_monitor_value"] = float(best_cb.best_model_score) if best_cb.best_model_score is not None else None
     figures.update(run_length(trainer, result.global_step))
+    train_set = datamodule.train_set
+    figures["data"] = {  # what the loader dropped or skipped: nothing silent (docs/errors.md)
+        "train_images": getattr(train_set, "num_images", None),
+        "train_samples": len(train_set) if train_set is not None else None,
+        "dropped_annotations": getattr(train_set, "num_dropped_annotations", 0),
+        "replaced_samples": int(replaced.item()),  # samples whose image was unreadable, replaced by the next one
+    }
     if module.guard is not None:
         figures["guard"] = module.guard.summary()
     result.figures = figures

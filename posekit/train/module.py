@@ -108,6 +108,7 @@ class PoseModule(pl.LightningModule):
         self._step_losses: list[torch.Tensor] = []  # this optimizer step's (micro-)batch losses
         self._batch_size = 1
         self._params: list[torch.Tensor] | None = None
+        self.replaced_samples: torch.Tensor | int = 0  # training samples replaced because their image was unreadable
         self._scalars = DeviceScalars()
         self._l1_groups: list[tuple[str, float, list[torch.Tensor]]] | None = None  # (log name, factor, tensors)
 
@@ -128,6 +129,8 @@ class PoseModule(pl.LightningModule):
         # summary.json use, into NaN. The L1 terms are added to the gradients in on_before_optimizer_step.
         self._step_losses.append(loss.detach())
         self._batch_size = int(batch["image"].shape[0])
+        if "replaced" in batch:  # samples the loader passed over for unreadable images; summed on the device
+            self.replaced_samples = self.replaced_samples + batch["replaced"].detach().sum()
         # The per-stage terms and the learning rate are logged only on the steps Lightning writes (logging_step:
         # each call costs CPU the GPU waits for).
         if logging_step(self.trainer):
@@ -237,8 +240,10 @@ class PoseModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.guard is not None:
             checkpoint["posekit_guard"] = self.guard.state_dict()
+        checkpoint["posekit_replaced_samples"] = int(self.replaced_samples)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.replaced_samples = int(checkpoint.get("posekit_replaced_samples", 0))
         self._guard_state = checkpoint.get("posekit_guard")
         if self.guard is not None and self._guard_state is not None:
             self.guard.load_state_dict(self._guard_state)
