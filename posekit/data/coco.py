@@ -12,6 +12,7 @@ Items (tensors; P people, J joints, L limbs, (H, W) input, (h, w) = (H/8, W/8)):
     pafs      float32 (2L, h, w)
     mask      float32 (1, h, w)     fraction of each cell the loss may use (posekit.data.masks)
     image_id  int
+    replaced  int                   1 if this item stands in for a sample whose image could not be read, else 0
 """
 
 from __future__ import annotations
@@ -277,8 +278,8 @@ class PoseDataset(Dataset):
                 "image": torch.from_numpy(to_chw_uint8(s["image"])),
                 "mask": torch.from_numpy(s["mask"]),
                 "image_id": s["image_id"],
-                # samples passed over for an unreadable image before this one: the training process sums them
-                # (the workers' own counters are not visible to it) into summary.json
+                # 1 when this item replaces a sample whose image could not be read: the training process sums
+                # these into summary.json (the loader workers' own counters are out of its sight)
                 "replaced": int(attempt > 0),
             }
             if self.keypoints_only:

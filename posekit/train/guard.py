@@ -154,7 +154,7 @@ class StepGuard:
     def summary(self, spike_ratio: float = 3.0) -> dict[str, Any]:
         """Figures for summary.json.
 
-        ``skipped_steps`` (and the first few as ``[step, reason-free loss, norm]``), ``clipped_steps``,
+        ``skipped_steps`` (and the first 20 as ``[step, loss, norm]``), ``clipped_steps``,
         ``grad_norm_median``, and the loss-spike check: over the steps after ``warmup_steps``, each step's loss
         against the median of the previous ``window`` steps' losses; ``max_loss_ratio`` is the largest such ratio
         and ``loss_spikes`` counts the steps above ``spike_ratio``.
