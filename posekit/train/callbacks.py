@@ -30,6 +30,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def planned_steps(trainer: Any) -> int | None:
+    """The run's planned optimizer steps (``trainer.estimated_stepping_batches``), or None when unbounded."""
+    total = trainer.estimated_stepping_batches
+    return int(total) if isinstance(total, (int, float)) and math.isfinite(total) and total > 0 else None
+
+
 def logging_step(trainer: Any) -> bool:
     """Whether Lightning writes this training step's metrics to the loggers: every ``trainer.log_every_n_steps``
     steps, and the step at which the run is told to stop (its ``should_update_logs``, which Lightning's own
@@ -187,8 +193,7 @@ class ProgressLog(Callback):
         step = int(trainer.global_step)
         if not self.enabled or self.every <= 0 or step % self.every or not trainer.is_global_zero or self._t0 is None:
             return
-        planned = trainer.estimated_stepping_batches
-        planned = int(planned) if isinstance(planned, (int, float)) and math.isfinite(planned) else None
+        planned = planned_steps(trainer)
         elapsed = time.perf_counter() - self._t0
         done = step - self._step0
         rate = done * int(batch["image"].shape[0]) * trainer.world_size / elapsed if elapsed > 0 else 0.0

@@ -16,7 +16,6 @@ Checkpoints (``<stage dir>/checkpoints``):
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,8 +30,16 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from posekit.config import ConfigError
 from posekit.errors import UserError
-from posekit.model.io import check_finite, read_checkpoint, save_model
-from posekit.train.callbacks import EpochHistory, ProgressLog, StartupClock, ThroughputMeter, ValidationAP, snapshot
+from posekit.model.io import read_checkpoint, save_model
+from posekit.train.callbacks import (
+    EpochHistory,
+    ProgressLog,
+    StartupClock,
+    ThroughputMeter,
+    ValidationAP,
+    planned_steps,
+    snapshot,
+)
 from posekit.train.module import PoseModule
 
 log = logging.getLogger("posekit.train")
@@ -189,8 +196,7 @@ def coco_ap_evaluator(cfg: DictConfig, datamodule: Any, precision: str) -> Calla
 def run_length(trainer: pl.Trainer, global_step: int) -> dict[str, Any]:
     """The planned and the run optimizer steps, and whether (and why) the run stopped before the plan:
     ``trainer.max_time`` is a safety cap, so a run it cuts short is reported, never silently accepted."""
-    planned = trainer.estimated_stepping_batches
-    planned = int(planned) if isinstance(planned, (int, float)) and math.isfinite(planned) else None
+    planned = planned_steps(trainer)
     out: dict[str, Any] = {"planned_steps": planned, "stopped_early": None}
     if planned is not None and global_step < planned:
         timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
@@ -384,12 +390,12 @@ def fit(
         figures["guard"] = module.guard.summary()
     result.figures = figures
 
-    # model.pt from the selected checkpoint's weights (rebuilt on the CPU, uncompiled).
-    state = torch.load(source, map_location="cpu", weights_only=True)["state_dict"]
+    # model.pt from the selected checkpoint's weights (rebuilt on the CPU, uncompiled). The checked read refuses
+    # non-finite weights: the guard keeps such updates out, and this is the last line before an artifact that
+    # other stages trust (model.pt is then not written).
+    state = read_checkpoint(source, hint="model.pt was not written.")["state_dict"]
     net = snapshot(module.net).cpu()
     net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
-    # The guard keeps non-finite updates out; this is the last line before an artifact other stages trust.
-    check_finite(net.state_dict(), source, "checkpoint (model.pt was not written)")
     meta = {
         **(model_meta or {}),
         "weights": result.weights,

@@ -7,7 +7,6 @@ and ``posekit.model.load_model`` reads them directly (state-dict keys ``net.*``)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,7 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from posekit.data.images import normalize_tensor
 from posekit.model.bpnet import BpNetLite, build_model
-from posekit.train.callbacks import DeviceScalars, logging_step
+from posekit.train.callbacks import DeviceScalars, logging_step, planned_steps
 from posekit.train.guard import StepGuard
 from posekit.train.loss import add_l1_subgradient, bn_scales, conv_kernels, l1_penalty, pose_loss
 from posekit.train.optim import build_optimizer
@@ -162,7 +161,8 @@ class PoseModule(pl.LightningModule):
            construction, and the clip is there for the data term.
         """
         params = self._trainable()
-        grads = [p.grad for p in params if p.grad is not None]
+        with_grad = [p for p in params if p.grad is not None]
+        grads = [p.grad for p in with_grad]
         losses, self._step_losses = self._step_losses, []
         if not grads or not losses:
             return
@@ -183,7 +183,7 @@ class PoseModule(pl.LightningModule):
                          on_step=True, on_epoch=False, batch_size=1)
                 return
             if verdict.max_norm is not None:
-                torch.nn.utils.clip_grads_with_norm_([p for p in params if p.grad is not None], verdict.max_norm, norm)
+                torch.nn.utils.clip_grads_with_norm_(with_grad, verdict.max_norm, norm)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=self._batch_size)
         if log:
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
@@ -224,9 +224,8 @@ class PoseModule(pl.LightningModule):
 
     def _progress(self) -> float:
         """Share of the planned optimizer steps done: a function of the step alone, never of the clock."""
-        total = self.trainer.estimated_stepping_batches
-        p = self.trainer.global_step / total if isinstance(total, (int, float)) and math.isfinite(total) and total > 0 else 0.0
-        return min(1.0, max(0.0, p))
+        total = planned_steps(self.trainer)
+        return min(1.0, max(0.0, self.trainer.global_step / total)) if total else 0.0
 
     def _l1_ramp_factor(self) -> float:
         """``optim.l1_ramp``: the L1 factors rise linearly from 0 over that share of the planned steps (0: full from
@@ -249,14 +248,12 @@ class PoseModule(pl.LightningModule):
             self.guard.load_state_dict(self._guard_state)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        total = self.trainer.estimated_stepping_batches
-        if not isinstance(total, (int, float)) or not math.isfinite(total) or total <= 0:
-            # The schedules are fractions of the whole run, so the run must have a known length.
+        total = planned_steps(self.trainer)
+        if total is None:  # the schedules are fractions of the whole run, so the run must have a known length
             raise ValueError(
-                f"cannot build the learning-rate schedule: {total} optimizer steps. "
+                f"cannot build the learning-rate schedule: {self.trainer.estimated_stepping_batches} optimizer steps. "
                 "Set trainer.max_steps (or trainer.max_epochs >= 1)."
             )
-        total = int(total)
         optim = self.hparams["optim"]
         opt, sched = build_optimizer(self.net, optim, total, self.hparams["lr_scale"])
         self.guard = build_guard(optim, total)
