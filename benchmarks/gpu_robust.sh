@@ -8,10 +8,33 @@
 #   bash benchmarks/gpu_robust.sh seeds 0 1      # the README's GPU pipeline per seed, all seeds at once:
 #                                                # python launch.py stage=pipeline preset=gpu seed=S experiment.name=seed-S
 #   bash benchmarks/gpu_robust.sh collect        # summaries and logs of every seed run so far -> $OUT/seeds.tgz
+#   bash benchmarks/gpu_robust.sh detach 1 2     # copy the tree to /tmp/posekit-snap, then run the seeds there one
+#                                                # after another in a new session (setsid): later device calls may
+#                                                # re-send a changed tree without touching the run
+#   bash benchmarks/gpu_robust.sh poll 560       # wait up to N s for the detached run, print its progress, collect
 #
 # Wheels for the packages the machine lacks travel in .whl/ (the device tool's README); they are installed once.
 set -u
 cd "$(dirname "$0")/.."
+SNAP=/tmp/posekit-snap
+case "${1:-}" in
+  detach)
+    rm -rf "$SNAP"; mkdir -p "$SNAP"
+    tar cf - --exclude=./experiments --exclude=./.git --exclude=./.venv . | tar xf - -C "$SNAP"
+    shift
+    cd "$SNAP" && setsid nohup bash -c 'for s in "$@"; do bash benchmarks/gpu_robust.sh seeds "$s"; done; touch experiments/lab/ALL_DONE' _ "$@" \
+      > /tmp/posekit-detached.log 2>&1 < /dev/null &
+    sleep 2; echo "detached in $SNAP: seeds $*"; exit 0 ;;
+  poll)
+    [ -d "$SNAP" ] || { echo "no detached run on this machine"; exit 3; }
+    out=${OUT:-/tmp}; end=$(( $(date +%s) + ${2:-560} ))
+    while [ ! -e "$SNAP/experiments/lab/ALL_DONE" ] && [ "$(date +%s)" -lt "$end" ]; do sleep 15; done
+    for f in "$SNAP"/experiments/lab/seed-*.log; do
+      echo "== $f"; grep -E "progress|step [0-9]+/|pipeline step|AP [0-9]|Error|pipeline: " "$f" | tail -6 | cut -c1-220
+    done
+    [ -e "$SNAP/experiments/lab/ALL_DONE" ] && echo ALL_DONE
+    cd "$SNAP" && OUT=$out bash benchmarks/gpu_robust.sh collect > /dev/null; exit 0 ;;
+esac
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 POSEKIT_CACHE=$PWD/.cache
 if ! python3 -c "import hydra, torch_pruning, pycocotools, albumentations" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
