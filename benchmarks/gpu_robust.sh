@@ -12,6 +12,7 @@
 #                                                # after another in a new session (setsid): later device calls may
 #                                                # re-send a changed tree without touching the run
 #   bash benchmarks/gpu_robust.sh poll 560       # wait up to N s for the detached run, print its progress, collect
+#   EXTRA="pipeline.steps=[...]" bash ...         # extra overrides for every seed run (e.g. leave out the bench step)
 #
 # Wheels for the packages the machine lacks travel in .whl/ (the device tool's README); they are installed once.
 set -u
@@ -71,7 +72,7 @@ case "${1:-}" in
     n=$#
     for s in "$@"; do
       python3 launch.py stage=pipeline preset=gpu seed="$s" experiment.name="seed-$s" \
-        data.num_workers=$(( nproc / n - 1 )) > "$LAB/seed-$s.log" 2>&1 &
+        data.num_workers=$(( nproc / n - 1 )) ${EXTRA:-} > "$LAB/seed-$s.log" 2>&1 &
       sleep 5
     done
     wait
