@@ -295,7 +295,8 @@ RANGES: dict[str, tuple[str, str]] = {
     "optim.guard.spike_factor": ("[0,)", "x the running median gradient norm; 0: skip non-finite steps only"),
     "optim.guard.window": ("[1,)", "steps"),
     "optim.guard.min_history": ("[1,)", "steps"),
-    "optim.guard.max_consecutive": ("[0,)", "skipped steps in a row before the run stops"),
+    "optim.guard.spike_patience": ("[0,)", "spike steps skipped in a row before one is applied, clipped"),
+    "optim.guard.max_consecutive": ("[0,)", "non-finite steps in a row before the run stops"),
     "train.progress_every_n_steps": ("[0,)", "steps; 0: no progress lines"),
 }
 

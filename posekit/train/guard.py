@@ -6,13 +6,17 @@ Every optimizer step, after the backward pass and before the update (``PoseModul
    with the step's loss: one device sync per step, the price of deciding before the update is applied;
 2. a step whose gradient norm is not finite, or larger than ``spike_factor`` x the running median of the last
    ``window`` accepted norms, is **skipped**: every gradient is set to None, so the optimizer leaves the weights
-   *and its own state* untouched (AdamW's moments would otherwise carry the bad step for thousands of steps);
+   *and its own state* untouched (AdamW's moments would otherwise carry the bad step for thousands of steps).
+   A spike skips at most ``spike_patience`` steps in a row: a skipped step leaves the weights where they were, so a
+   large norm that persists over that many *different* batches comes from the weights, not from a batch, and
+   skipping can never end it (measured: docs/training.md, "A spike that persists"). The next such step is
+   applied, clipped as in 3, and its norm joins the running median, which then follows the new level;
 3. otherwise the gradient is clipped (``torch.nn.utils.clip_grads_with_norm_``, no second norm) to the smaller of
    ``clip`` (an absolute norm) and ``clip_factor`` x the running median. The relative bound needs no knowledge of
    the loss's scale, which grows with the output grid (TAO's loss is a sum over cells), so one default serves every
    resolution and width; the absolute one is there for recipes that want a fixed number.
 
-More than ``max_consecutive`` skipped steps in a row stop the run with :class:`TrainingDiverged` (a
+More than ``max_consecutive`` non-finite steps in a row stop the run with :class:`TrainingDiverged` (a
 :class:`~posekit.errors.UserError`: one line, what to change). The decision uses the gradient norm only: under DDP
 the gradients are already all-reduced, so every rank decides the same way (the losses differ per rank).
 
@@ -85,7 +89,8 @@ class StepGuard:
             non-finite steps are skipped).
         window: running-median window, in steps.
         min_history: accepted steps needed before a spike can be called (the median means little before).
-        max_consecutive: more skipped steps than this in a row raise :class:`TrainingDiverged`.
+        spike_patience: at most this many spike steps in a row are skipped; the next is applied, clipped.
+        max_consecutive: more non-finite steps than this in a row raise :class:`TrainingDiverged`.
         warmup_steps: steps excluded from the loss-spike figure (the loss falls fastest there).
     """
 
@@ -98,6 +103,7 @@ class StepGuard:
         min_history: int = 50,
         max_consecutive: int = 20,
         warmup_steps: int = 0,
+        spike_patience: int = 3,
     ):
         self.clip = float(clip) if clip is not None and clip > 0 else None
         self.clip_factor = float(clip_factor)
@@ -105,30 +111,39 @@ class StepGuard:
         self.window = int(window)
         self.min_history = int(min_history)
         self.max_consecutive = int(max_consecutive)
+        self.spike_patience = int(spike_patience)
         self.warmup_steps = int(warmup_steps)
         self.norms = RunningMedian(self.window)
-        self.consecutive = 0
+        self.consecutive = 0  # non-finite steps in a row
+        self.spike_run = 0  # spike steps in a row (skipped or applied)
+        self.persistent = 0  # spike steps applied because the spike outlasted spike_patience
         self.steps: list[list[float]] = []  # [step, loss, pre-clip norm, skipped (0/1), clip bound (0: none)]
 
     # ------------------------------------------------------------------ decision
     def check(self, step: int, loss: float, norm: float) -> Verdict:
         """Record the step and decide; raises :class:`TrainingDiverged` after too many skips in a row."""
         median = self.norms.median
-        if not math.isfinite(norm) or not math.isfinite(loss):
-            verdict = Verdict(True, "non-finite", norm, median)
-        elif (
-            self.spike_factor > 0
+        finite = math.isfinite(norm) and math.isfinite(loss)
+        spike = (
+            finite
+            and self.spike_factor > 0
             and len(self.norms) >= self.min_history
             and median is not None
             and norm > self.spike_factor * median
-        ):
+        )
+        self.spike_run = self.spike_run + 1 if spike else 0
+        if not finite:
+            verdict = Verdict(True, "non-finite", norm, median)
+        elif spike and self.spike_run <= self.spike_patience:
             verdict = Verdict(True, "spike", norm, median)
         else:
-            verdict = Verdict(False, "", norm, median, self.max_norm(median))
+            # a persistent spike is applied like any kept step: clipped to the bound of the median before it
+            verdict = Verdict(False, "persistent spike" if spike else "", norm, median, self.max_norm(median))
+            self.persistent += bool(spike)
             self.norms.add(norm)
         bound = verdict.max_norm if verdict.max_norm is not None else 0.0
         self.steps.append([int(step), float(loss), float(norm), 1.0 if verdict.skip else 0.0, float(bound)])
-        self.consecutive = self.consecutive + 1 if verdict.skip else 0
+        self.consecutive = self.consecutive + 1 if not finite else 0
         if self.consecutive > self.max_consecutive:
             raise TrainingDiverged(
                 f"training diverged at step {step}: {self.consecutive} optimizer steps in a row were skipped as "
@@ -177,6 +192,7 @@ class StepGuard:
             "skipped_steps": self.skipped,
             "skipped": [[int(r[0]), r[1], r[2]] for r in self.steps if r[3]][:20],
             "clipped_steps": clipped,
+            "persistent_spike_steps": self.persistent,
             "grad_norm_median": norms[len(norms) // 2] if norms else None,
             "max_loss_ratio": round(worst, 4) if worst_step is not None else None,
             "max_loss_ratio_step": worst_step,
@@ -187,7 +203,8 @@ class StepGuard:
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": [list(r) for r in self.steps], "norms": self.norms.values(), "consecutive": self.consecutive}
+        return {"steps": [list(r) for r in self.steps], "norms": self.norms.values(), "consecutive": self.consecutive,
+                "spike_run": self.spike_run, "persistent": self.persistent}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.steps = [[float(v) for v in r] for r in state.get("steps", [])]
@@ -195,3 +212,5 @@ class StepGuard:
         for v in state.get("norms", []):
             self.norms.add(float(v))
         self.consecutive = int(state.get("consecutive", 0))
+        self.spike_run = int(state.get("spike_run", 0))
+        self.persistent = int(state.get("persistent", 0))

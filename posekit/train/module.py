@@ -182,6 +182,12 @@ class PoseModule(pl.LightningModule):
                 self.log("train/skipped_steps", self._scalars("skipped", self.guard.skipped, norm.device),
                          on_step=True, on_epoch=False, batch_size=1)
                 return
+            if verdict.reason and self.guard.spike_run == self.guard.spike_patience + 1:
+                self.print(
+                    f"step {self.trainer.global_step}: the gradient norm stayed above "
+                    f"{self.guard.spike_factor:g}x its running median for {self.guard.spike_run} steps "
+                    f"({norm_value:.4g} against {verdict.median:.4g}): applying clipped updates from here"
+                )
             if verdict.max_norm is not None:
                 torch.nn.utils.clip_grads_with_norm_(with_grad, verdict.max_norm, norm)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=self._batch_size)
@@ -273,5 +279,6 @@ def build_guard(optim: Mapping[str, Any], total_steps: int) -> StepGuard:
         window=int(g.get("window", 200)),
         min_history=int(g.get("min_history", 50)),
         max_consecutive=int(g.get("max_consecutive", 20)),
+        spike_patience=int(g.get("spike_patience", 3)),
         warmup_steps=int(round(float(optim.get("warmup", 0.0)) * total_steps)),
     )
