@@ -208,7 +208,7 @@ class GuardConfig:
     spike_factor: float = 10.0  # skip a step whose gradient norm > this x the running median (0: non-finite only)
     window: int = 200  # running-median window, steps
     min_history: int = 50  # kept steps before a spike can be called
-    spike_patience: int = 3  # spike steps skipped in a row at most; a longer spike comes from the weights: applied, clipped
+    spike_patience: int = 20  # spike steps skipped in a row at most; a longer spike comes from the weights: applied, clipped
     max_consecutive: int = 20  # more non-finite steps in a row stop the run with a clear error
 
 

@@ -103,7 +103,7 @@ class StepGuard:
         min_history: int = 50,
         max_consecutive: int = 20,
         warmup_steps: int = 0,
-        spike_patience: int = 3,
+        spike_patience: int = 20,
     ):
         self.clip = float(clip) if clip is not None and clip > 0 else None
         self.clip_factor = float(clip_factor)

@@ -279,6 +279,6 @@ def build_guard(optim: Mapping[str, Any], total_steps: int) -> StepGuard:
         window=int(g.get("window", 200)),
         min_history=int(g.get("min_history", 50)),
         max_consecutive=int(g.get("max_consecutive", 20)),
-        spike_patience=int(g.get("spike_patience", 3)),
+        spike_patience=int(g.get("spike_patience", 20)),
         warmup_steps=int(round(float(optim.get("warmup", 0.0)) * total_steps)),
     )
