@@ -121,7 +121,7 @@ class StepGuard:
 
     # ------------------------------------------------------------------ decision
     def check(self, step: int, loss: float, norm: float) -> Verdict:
-        """Record the step and decide; raises :class:`TrainingDiverged` after too many skips in a row."""
+        """Record the step and decide; raises :class:`TrainingDiverged` after too many non-finite steps in a row."""
         median = self.norms.median
         finite = math.isfinite(norm) and math.isfinite(loss)
         spike = (
