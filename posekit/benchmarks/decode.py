@@ -22,7 +22,7 @@ import numba
 import numpy as np
 import torch
 
-from posekit.benchmarks.onnxruntime_int8 import cpu_name
+from posekit.runtime.host import cpu_name
 from posekit.codec import Decoder, encode
 from posekit.config import DecodeConfig
 from posekit.skeleton import Skeleton

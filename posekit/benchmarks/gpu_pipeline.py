@@ -56,7 +56,7 @@ RECIPE = ["preset=gpu", f"sweep.shared_dir={SHARED}"]
 def cpu_description() -> dict:
     """The machine's CPUs as Linux reports them: model, logical CPUs, and threads per physical core (2 when the
     logical CPUs are SMT siblings, so a busy loader worker can share a core with the training process)."""
-    from posekit.benchmarks.onnxruntime_int8 import cpu_name
+    from posekit.runtime.host import cpu_name
 
     out: dict = {"logical": os.cpu_count(), "model": cpu_name()}
     try:

@@ -199,7 +199,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def machine() -> dict[str, Any]:
-    from posekit.benchmarks.onnxruntime_int8 import cpu_flags, cpu_name
+    from posekit.runtime.host import cpu_flags, cpu_name
 
     info: dict[str, Any] = {"platform": platform.platform(), "processor": cpu_name(), "cpu_flags": cpu_flags(),
                             "cpu_count": os.cpu_count()}
