@@ -489,9 +489,14 @@ def test_pruned_model_retrains_through_the_cli(tiny_run):
 
 
 # A short but real schedule on an easy synthetic set (one large person per image, no clutter, mild augmentation):
-# enough for the network to find people, so AP through stage=eval must be above zero.
+# enough for the network to find people, so AP through stage=eval must be clearly above zero. At width 0.125, 40
+# epochs and lr 1e-3 the AP sat on a knife edge (0.0 on a fresh install of 2026-12-05, > 0 before): the wrists
+# and ankles were still 10-25 px off. Width 0.25, 60 epochs and lr 2e-3 gave AP 0.159 / 0.169 / 0.114 at seeds
+# 42 / 0 / 1 (2-core CPU, 2026-12-06), so the bar below has a margin on every seed tried.
 LEARNABLE = (
     "preset=tiny",
+    "model.width=0.25",
+    "optim.lr=2e-3",
     "data.synthetic.num_train=300",
     "data.synthetic.num_val=16",
     "data.synthetic.image_size=[128,128]",
@@ -507,7 +512,7 @@ LEARNABLE = (
     "data.augment.translate_px=10",
     "data.batch_size=16",
     "trainer.limit_train_batches=1.0",
-    "trainer.max_epochs=40",
+    "trainer.max_epochs=60",
     "train.val_every_n_epochs=0",  # AP once, by stage=eval, not during training
 )
 
@@ -522,7 +527,7 @@ def test_short_schedule_scores_above_zero_through_eval(tmp_path):
     run_cli("stage=eval", *common)
     metrics = json.loads((tmp_path / "default" / "eval" / "trained" / "metrics.json").read_text())
     assert metrics["images"] == 16
-    assert metrics["AP"] > 0.0, metrics
+    assert metrics["AP"] > 0.05, metrics
 
 
 @pytest.mark.slow
