@@ -98,7 +98,7 @@ def test_gpu_driver_picks_the_candidate_that_meets_the_targets(tmp_path, monkeyp
     its figures come from each candidate's pipeline summary."""
     import json
 
-    from posekit.benchmarks import gpu_pipeline as drv
+    from benchmarks import gpu_pipeline as drv
 
     def write(name: str, ap: float | None, params_pruned: int) -> None:
         rows = [{"kind": "model", "label": "trained", "AP": ap, "params": 300},
@@ -125,7 +125,7 @@ def test_gpu_driver_loader_phase_runs_each_variant_as_a_train_stage_the_cli_acce
     whose overrides compose, with the variant's longer box where it compiles."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from posekit.benchmarks import gpu_pipeline as drv
+    from benchmarks import gpu_pipeline as drv
 
     runs = drv.loader_runs(drv.parse_loader_configs("7:5e-3,14:0"), ("plain", "memory", "nice", "compile",
                                                                     "memory-compile"))
@@ -154,7 +154,7 @@ def test_gpu_driver_benches_the_pipeline_models_on_twenty_person_frames(tmp_path
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from posekit.benchmarks import gpu_pipeline as drv
+    from benchmarks import gpu_pipeline as drv
 
     trained, retrained = tmp_path / "s=1,x" / "train" / "model.pt", tmp_path / "retrain" / "pth-0.2" / "model.pt"
     (tmp_path / "gpu" / "pipeline").mkdir(parents=True)
@@ -176,10 +176,10 @@ def test_gpu_driver_benches_the_pipeline_models_on_twenty_person_frames(tmp_path
 
 # --------------------------------------------------------------------------------------------- decoder benchmark
 def test_decode_benchmark_finds_the_people_from_host_arrays_and_from_tensors():
-    """``posekit.benchmarks.decode``: ideal maps of 5 people decode back to about 5 people (its scenes may overlap
+    """``benchmarks.decode``: ideal maps of 5 people decode back to about 5 people (its scenes may overlap
     people), the same number whether the decoder gets numpy arrays (the host path) or torch tensors (``--device``:
     what a CUDA backend's maps go through, here with tensors on the CPU)."""
-    from posekit.benchmarks.decode import bench
+    from benchmarks.decode import bench
     from posekit.skeleton import Skeleton
 
     skeleton = Skeleton.default()
@@ -189,9 +189,9 @@ def test_decode_benchmark_finds_the_people_from_host_arrays_and_from_tensors():
 
 
 def test_step_overhead_benchmark_times_the_three_ways():
-    """``posekit.benchmarks.step_overhead``: the same tiny step under Lightning with posekit's logging, with logging
+    """``benchmarks.step_overhead``: the same tiny step under Lightning with posekit's logging, with logging
     off, and without Lightning; each a positive ms figure."""
-    from posekit.benchmarks.step_overhead import main
+    from benchmarks.step_overhead import main
 
     out = main(["--steps", "30", "--repeats", "1", "--log-every", "5"])
     assert set(out) == {"lightning, posekit's logging", "lightning, no logging", "no lightning"}

@@ -1,27 +1,27 @@
 """The GPU run behind docs/results.md: the whole life cycle of the default model on one H100/H200.
 
-    python -m posekit.benchmarks.gpu_pipeline --phase train  --out DIR  # data, loader vs memory at 256x256, training
-    python -m posekit.benchmarks.gpu_pipeline --phase models --out DIR  # eval; prune at 3 pth; eval; retrain; eval
-    python -m posekit.benchmarks.gpu_pipeline --phase deploy --out DIR  # pth 0.2: export fp32/fp16/int8, eval, bench;
-                                                                        # bench + eval on 20-person frames; then the
-                                                                        # pth x shape sweep (map)
-    python -m posekit.benchmarks.gpu_pipeline --phase ddp    --out DIR  # 1 vs 2 GPUs (trainer=ddp), 256x256
-    python -m posekit.benchmarks.gpu_pipeline --phase all    --out DIR  # the whole run in one process: train (with
-                                                                        # --candidate twice: two recipes at once,
-                                                                        # the better carries on); prune + retrain at
-                                                                        # pth 0.2 and --pths at once; the pth 0.2
-                                                                        # pipeline (export, eval, bench); the pth x
-                                                                        # shape map; the loader phase if 4 min remain
-                                                                        # (--budget cuts)
-    python -m posekit.benchmarks.gpu_pipeline --phase loader --out DIR  # loader alone / bare loop from memory /
-                                                                        # train stage at 6, 10, 14 workers, with and
-                                                                        # without L1, each --loader-variants (targets
-                                                                        # on the GPU, niced workers, compiled net),
-                                                                        # and fed from memory
-    python -m posekit.benchmarks.gpu_pipeline --phase crowd --out DIR   # train + eval if not done; bench + eval on
-                                                                        # 20-person frames (end to end, decode in)
-    python -m posekit.benchmarks.gpu_pipeline --phase compact --out DIR # short: train 3.5 min, prune 3 pth, retrain
-                                                                        # pth 0.2; ships the small models to DIR
+    python -m benchmarks.gpu_pipeline --phase train  --out DIR  # data, loader vs memory at 256x256, training
+    python -m benchmarks.gpu_pipeline --phase models --out DIR  # eval; prune at 3 pth; eval; retrain; eval
+    python -m benchmarks.gpu_pipeline --phase deploy --out DIR  # pth 0.2: export fp32/fp16/int8, eval, bench;
+                                                                # bench + eval on 20-person frames; then the
+                                                                # pth x shape sweep (map)
+    python -m benchmarks.gpu_pipeline --phase ddp    --out DIR  # 1 vs 2 GPUs (trainer=ddp), 256x256
+    python -m benchmarks.gpu_pipeline --phase all    --out DIR  # the whole run in one process: train (with
+                                                                # --candidate twice: two recipes at once,
+                                                                # the better carries on); prune + retrain at
+                                                                # pth 0.2 and --pths at once; the pth 0.2
+                                                                # pipeline (export, eval, bench); the pth x
+                                                                # shape map; the loader phase if 4 min remain
+                                                                # (--budget cuts)
+    python -m benchmarks.gpu_pipeline --phase loader --out DIR  # loader alone / bare loop from memory /
+                                                                # train stage at 6, 10, 14 workers, with and
+                                                                # without L1, each --loader-variants (targets
+                                                                # on the GPU, niced workers, compiled net),
+                                                                # and fed from memory
+    python -m benchmarks.gpu_pipeline --phase crowd --out DIR   # train + eval if not done; bench + eval on
+                                                                # 20-person frames (end to end, decode in)
+    python -m benchmarks.gpu_pipeline --phase compact --out DIR # short: train 3.5 min, prune 3 pth, retrain
+                                                                # pth 0.2; ships the small models to DIR
 
 Run the phases in this order on one machine (artifacts stay in ./experiments; every step is idempotent, so a phase
 that ran out of time is finished by running it again). ``--phase all`` is meant to run detached (``setsid``)
@@ -43,7 +43,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 EXP = ROOT / "experiments"
 SHARED = EXP / "sweeps" / "pth_shape" / "shared"
 PTHS = (0.05, 0.2, 0.5)
@@ -221,7 +221,7 @@ def ddp_scaling(log: list, seconds: int) -> None:
 def speed_baselines(result: dict) -> None:
     """The two references for the real pipeline at 256x256 (issue 7: >= 90% of memory-fed): the loader alone and
     the training step fed from memory."""
-    from posekit.benchmarks.gpu_speed import training_from_memory
+    from benchmarks.gpu_speed import training_from_memory
 
     result["loader_only_256"] = loader_throughput("256x256")
     print("loader alone:", result["loader_only_256"], flush=True)

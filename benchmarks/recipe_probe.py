@@ -1,4 +1,4 @@
-"""Short in-process training runs that compare recipes: ``python -m posekit.benchmarks.recipe_probe NAME [k=v ...]``.
+"""Short in-process training runs that compare recipes: ``python -m benchmarks.recipe_probe NAME [k=v ...]``.
 
 The figures in docs/training.md ("Which recipe is the default", "Head initialization") come from this script. It
 trains the ``cpu_demo`` network (or any override) with the real ``PoseModule``, loss, optimizer and data module,
@@ -9,9 +9,9 @@ Keys: ``steps`` (600), ``lr`` (1e-3), ``init`` (kaiming | tao), ``opt`` (adamw |
 stage-wise multipliers), ``bs`` (16), ``evals`` (3), ``wd`` (1e-4), ``warm`` (0.05), ``prec`` (bf16 | fp32); every
 other ``key=value`` is a config override, e.g. ``model.width=0.125``. Examples::
 
-    python -m posekit.benchmarks.recipe_probe base steps=1200 evals=2 init=tao
-    python -m posekit.benchmarks.recipe_probe he   steps=1200 evals=2 init=kaiming
-    python -m posekit.benchmarks.recipe_probe sgd  steps=300 evals=1 opt=sgd lr=1e-4 wd=0 init=tao
+    python -m benchmarks.recipe_probe base steps=1200 evals=2 init=tao
+    python -m benchmarks.recipe_probe he   steps=1200 evals=2 init=kaiming
+    python -m benchmarks.recipe_probe sgd  steps=300 evals=1 opt=sgd lr=1e-4 wd=0 init=tao
 """
 
 from __future__ import annotations
