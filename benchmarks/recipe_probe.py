@@ -16,17 +16,20 @@ other ``key=value`` is a config override, e.g. ``model.width=0.125``. Examples::
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
-import sys
 import time
 
 import torch
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    name, kv = argv[0], dict(a.split("=", 1) for a in argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("name", help="the run's label in the printed rows")
+    ap.add_argument("settings", nargs="*", metavar="key=value", help="the keys above, or config overrides")
+    args = ap.parse_args(argv)
+    name, kv = args.name, dict(a.split("=", 1) for a in args.settings)
     steps, lr, init = int(kv.pop("steps", 600)), float(kv.pop("lr", 1e-3)), kv.pop("init", "kaiming")
     opt_name, bs, evals = kv.pop("opt", "adamw"), int(kv.pop("bs", 16)), int(kv.pop("evals", 3))
     wd, warm, prec = float(kv.pop("wd", 1e-4)), float(kv.pop("warm", 0.05)), kv.pop("prec", "bf16")
