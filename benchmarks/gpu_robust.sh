@@ -2,7 +2,7 @@
 # Lab driver for the robust-training runs on one GPU machine (docs/training.md "Why the loss spiked",
 # docs/results.md "preset=gpu, five seeds"). Run from anywhere; it works in the repository root.
 #
-#   bash benchmarks/gpu_robust.sh probe          # 4 short runs at once, per-step diagnostics (benchmarks/spike_probe.py):
+#   bash benchmarks/gpu_robust.sh probe          # 4 short runs at once, per-step diagnostics (benchmarks.spike_probe):
 #                                                # the old recipe (no clip, no guard) at seeds 7 and 42, the guarded
 #                                                # recipe at seed 7 (lr 1e-3 and 5e-4); writes $OUT/probe.tgz
 #   bash benchmarks/gpu_robust.sh seeds 0 1      # the README's GPU pipeline per seed, all seeds at once:
@@ -54,7 +54,7 @@ case "${1:-}" in
     old=(optim.guard.clip_factor=0 optim.guard.spike_factor=0)
     run() {  # name, overrides...
       local name=$1; shift
-      timeout "${PROBE_TIMEOUT:-470}" python3 benchmarks/spike_probe.py --out "$LAB" --stop-at "${STOP_AT:-1600}" "${common[@]}" \
+      timeout "${PROBE_TIMEOUT:-470}" python3 -m benchmarks.spike_probe --out "$LAB" --stop-at "${STOP_AT:-1600}" "${common[@]}" \
         experiment.name="$name" "$@" > "$LAB/$name.log" 2>&1
     }
     tag=${TAG:-}

@@ -1,6 +1,6 @@
 """Where does a training loss spike come from? Train with per-step diagnostics and report every spike.
 
-    python benchmarks/spike_probe.py --out DIR --stop-at 1500 preset=gpu seed=7 optim.grad_clip=null \
+    python -m benchmarks.spike_probe --out DIR --stop-at 1500 preset=gpu seed=7 optim.grad_clip=null \
         optim.guard.spike_factor=0 experiment.name=probe-s7
 
 The run is the train stage's own (same config, data, module, optimizer and planned schedule: ``--stop-at`` ends it
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +29,11 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from posekit.config import compose, validate  # noqa: E402
-from posekit.experiment import Experiment  # noqa: E402
-from posekit.stages.train import module_factory  # noqa: E402
-from posekit.train.fit import fit  # noqa: E402
-from posekit.train.loss import masked_l2  # noqa: E402
+from posekit.config import compose, validate
+from posekit.experiment import Experiment
+from posekit.stages.train import module_factory
+from posekit.train.fit import fit
+from posekit.train.loss import masked_l2
 
 
 class SpikeProbe(pl.Callback):

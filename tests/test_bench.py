@@ -92,13 +92,14 @@ def test_bench_cli_on_cpu(tmp_path, coco_sample):
 
 
 # --------------------------------------------------------------------------------------------- GPU run driver
-def test_gpu_driver_picks_the_candidate_that_meets_the_targets(tmp_path, monkeypatch):
-    """``gpu_pipeline --candidate``: the recipe carried on is the one meeting issue 7's targets (pth 0.2 keeps <= 1/3
-    of the parameters and trained AP >= 0.70), else the one meeting the pruning target, else the best trained AP;
-    its figures come from each candidate's pipeline summary."""
+def test_gpu_driver_picks_the_candidate_within_the_given_bounds(tmp_path, monkeypatch):
+    """``gpu_pipeline --candidate --max-kept --min-ap``: the recipe carried on is the one within both bounds (pth 0.2
+    keeps at most ``max_kept`` of the parameters, trained AP at least ``min_ap``), else the one within the pruning
+    bound, else the best trained AP, which alone decides without bounds; its figures come from each candidate's
+    pipeline summary."""
     import json
 
-    from posekit.benchmarks import gpu_pipeline as drv
+    from benchmarks import gpu_pipeline as drv
 
     def write(name: str, ap: float | None, params_pruned: int) -> None:
         rows = [{"kind": "model", "label": "trained", "AP": ap, "params": 300},
@@ -113,10 +114,41 @@ def test_gpu_driver_picks_the_candidate_that_meets_the_targets(tmp_path, monkeyp
     write("c", 0.72, 99)   # both
     figs = [drv.candidate_figures(n) for n in ("a", "b", "c")]
     assert figs[0] == {"name": "a", "trained_AP": 0.75, "pruned_AP": 0.0, "kept": 0.5}
-    assert drv.choose(figs) == 2
-    assert drv.choose(figs[:2]) == 1  # the pruning target first
-    assert drv.choose([figs[0], drv.candidate_figures("missing")]) == 0  # a candidate that crashed has no figures
+    bounds = {"max_kept": 1 / 3, "min_ap": 0.70}
+    assert drv.choose(figs, **bounds) == 2
+    assert drv.choose(figs[:2], **bounds) == 1  # the pruning bound first
+    assert drv.choose(figs) == 0  # no bounds: the best trained AP
+    crashed = drv.candidate_figures("missing")  # a candidate that crashed has no figures
+    assert drv.choose([crashed, figs[0]], **bounds) == 1 and drv.choose([crashed, figs[0]]) == 1
 
+
+def test_gpu_driver_candidates_phase_returns_the_chosen_overrides_for_the_rest_of_the_run(tmp_path, monkeypatch):
+    """``gpu_pipeline --candidate A --candidate B``: both train side by side on the run's recipe; the phase hands back
+    the chosen candidate's overrides (the driver adds them to the recipe of every later phase) and compares its
+    model under TAO's pruning criterion with them, leaving the recipe it was given as it was."""
+    import json
+
+    from benchmarks import gpu_pipeline as drv
+
+    monkeypatch.setattr(drv, "EXP", tmp_path)
+    for name, ap, trained in (("gpu-c0", 0.5, None), ("gpu-c1", 0.8, "c1/model.pt")):
+        rows = [{"kind": "model", "label": "trained", "AP": ap, "params": 300},
+                {"kind": "model", "label": "pruned-0.2", "AP": 0.1, "params": 90}]
+        (tmp_path / name / "pipeline").mkdir(parents=True)
+        (tmp_path / name / "pipeline" / "summary.json").write_text(
+            json.dumps({"rows": rows, "artifacts": {"trained": trained} if trained else {}}))
+    together, single = [], []
+    monkeypatch.setattr(drv, "launch_together",
+                        lambda recipe, runs, log, deadline=None: together.append((list(recipe), runs)) or [0, 0])
+    monkeypatch.setattr(drv, "launch", lambda recipe, *o, log, deadline=None: single.append([*recipe, *o]) or 0)
+    recipe = drv.recipe_for("gpu")
+    before = list(recipe)
+    result: dict = {}
+    name, chosen = drv.phase_candidates(recipe, result, [["optim.lr=1"], ["optim.lr=2"]], [], min_ap=0.7)
+    assert (name, chosen, result["chosen"]) == ("gpu-c1", ["optim.lr=2"], 1)
+    assert recipe == before and together[0][0] == before
+    assert [r[-1] for r in together[0][1]] == ["optim.lr=1", "optim.lr=2"]
+    assert single[0][:len(before) + 1] == [*before, "optim.lr=2"] and "prune.model=c1/model.pt" in single[0]
 
 
 def test_gpu_driver_loader_phase_runs_each_variant_as_a_train_stage_the_cli_accepts(monkeypatch):
@@ -125,7 +157,7 @@ def test_gpu_driver_loader_phase_runs_each_variant_as_a_train_stage_the_cli_acce
     whose overrides compose, with the variant's longer box where it compiles."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from posekit.benchmarks import gpu_pipeline as drv
+    from benchmarks import gpu_pipeline as drv
 
     runs = drv.loader_runs(drv.parse_loader_configs("7:5e-3,14:0"), ("plain", "memory", "nice", "compile",
                                                                     "memory-compile"))
@@ -134,52 +166,55 @@ def test_gpu_driver_loader_phase_runs_each_variant_as_a_train_stage_the_cli_acce
     with pytest.raises(SystemExit, match="unknown"):
         drv.loader_runs(drv.parse_loader_configs("7:0"), ("plain", "faster"))
 
-    calls = []
-    monkeypatch.setattr(drv, "speed_baselines", lambda result: None)
-    monkeypatch.setattr(drv, "launch", lambda *overrides, log, deadline=None: calls.append(overrides) or 0)
-    drv.phase_loader({}, [], configs=((7, 5e-3),), seconds=30, variants=("plain", "nice", "compile"))
+    calls, recipe = [], drv.recipe_for("gpu")
+    monkeypatch.setattr(drv, "speed_baselines", lambda recipe, result: None)
+    monkeypatch.setattr(drv, "launch", lambda recipe, *overrides, log, deadline=None: calls.append(overrides) or 0)
+    drv.phase_loader(recipe, {}, [], configs=((7, 5e-3),), seconds=30, variants=("plain", "nice", "compile"))
     parsed = [{o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(list(c))} for c in calls]
     assert [p["experiment.name"] for p in parsed] == ["loader-w7-l10.005", "loader-w7-l10.005-nice",
                                                       "loader-w7-l10.005-compile"]
     assert [p["trainer.max_time"] for p in parsed] == ["00:00:00:30", "00:00:00:30", "00:00:03:00"]
     assert parsed[1]["data.worker_nice"] == 10 and parsed[2]["train.compile"] is True
-    for c in calls:  # the overrides compose into a valid config (the preset the driver runs the GPU with)
-        compose("preset=gpu", *c)
+    for c in calls:  # the overrides compose into a valid config after the recipe the driver runs the GPU with
+        compose(*recipe, *c)
+
 
 def test_gpu_driver_benches_the_pipeline_models_on_twenty_person_frames(tmp_path, monkeypatch):
-    """The driver's crowd bench (issue 7: end to end, single stream, 20 people) times the trained and the retrained
+    """The driver's crowd bench (end to end, single stream, 20 people) times the trained and the retrained
     torch models that experiment's pipeline recorded, in an experiment of its own, and evaluates the retrained one;
     the commands it builds parse as the CLI would parse them."""
     import json
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from posekit.benchmarks import gpu_pipeline as drv
+    from benchmarks import gpu_pipeline as drv
 
     trained, retrained = tmp_path / "s=1,x" / "train" / "model.pt", tmp_path / "retrain" / "pth-0.2" / "model.pt"
     (tmp_path / "gpu" / "pipeline").mkdir(parents=True)
     (tmp_path / "gpu" / "pipeline" / "summary.json").write_text(json.dumps(
         {"artifacts": {"trained": str(trained), "pruned-0.2": "p.pt", "retrained-0.2": str(retrained)}}))
     monkeypatch.setattr(drv, "EXP", tmp_path)
-    calls = []
-    monkeypatch.setattr(drv, "launch", lambda *overrides, log, deadline=None: calls.append(overrides) or 0)
-    drv.crowd_bench([], name="gpu")
+    calls, recipes, recipe = [], [], drv.recipe_for("gpu", ["trainer.max_time=00:00:02:00"])
+    monkeypatch.setattr(drv, "launch", lambda r, *overrides, log, deadline=None:
+                        recipes.append(r) or calls.append(overrides) or 0)
+    drv.crowd_bench(recipe, [], name="gpu")
+    assert recipes == [recipe, recipe]  # every command carries the run's recipe
     assert [c[0] for c in calls] == ["stage=bench", "stage=eval"]
     parsed = [{o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(list(c))} for c in calls]
     assert parsed[0]["scene"] == "crowd20" and parsed[0]["experiment.name"] == "gpu-crowd20"
     assert parsed[0]["bench.artifacts"] == [str(trained), str(retrained)]
     assert parsed[1]["eval.artifact"] == str(retrained)
     calls.clear()
-    drv.crowd_bench([], name="missing")  # no pipeline yet: nothing to time
+    drv.crowd_bench(recipe, [], name="missing")  # no pipeline yet: nothing to time
     assert calls == []
 
 
 # --------------------------------------------------------------------------------------------- decoder benchmark
 def test_decode_benchmark_finds_the_people_from_host_arrays_and_from_tensors():
-    """``posekit.benchmarks.decode``: ideal maps of 5 people decode back to about 5 people (its scenes may overlap
+    """``benchmarks.decode``: ideal maps of 5 people decode back to about 5 people (its scenes may overlap
     people), the same number whether the decoder gets numpy arrays (the host path) or torch tensors (``--device``:
     what a CUDA backend's maps go through, here with tensors on the CPU)."""
-    from posekit.benchmarks.decode import bench
+    from benchmarks.decode import bench
     from posekit.skeleton import Skeleton
 
     skeleton = Skeleton.default()
@@ -189,9 +224,9 @@ def test_decode_benchmark_finds_the_people_from_host_arrays_and_from_tensors():
 
 
 def test_step_overhead_benchmark_times_the_three_ways():
-    """``posekit.benchmarks.step_overhead``: the same tiny step under Lightning with posekit's logging, with logging
+    """``benchmarks.step_overhead``: the same tiny step under Lightning with posekit's logging, with logging
     off, and without Lightning; each a positive ms figure."""
-    from posekit.benchmarks.step_overhead import main
+    from benchmarks.step_overhead import main
 
     out = main(["--steps", "30", "--repeats", "1", "--log-every", "5"])
     assert set(out) == {"lightning, posekit's logging", "lightning, no logging", "no lightning"}

@@ -235,7 +235,7 @@ def test_per_step_logging_hands_lightning_only_tensors():
 @pytest.mark.parametrize("written", [False, True])
 def test_step_only_metrics_are_logged_on_the_steps_lightning_writes(written):
     """Lightning writes step metrics every ``log_every_n_steps`` steps, and each ``self.log`` costs the training
-    process CPU (``posekit.benchmarks.step_overhead``). ``train/loss`` (its epoch mean needs every step) is logged
+    process CPU (``benchmarks.step_overhead``). ``train/loss`` (its epoch mean needs every step) is logged
     on every step; the per-stage terms, the learning rate, the L1 terms and images/s on the written steps only."""
     from types import SimpleNamespace
 
@@ -270,7 +270,7 @@ def test_logging_step_follows_lightnings_log_every_n_steps(tmp_path):
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import Callback
 
-    from posekit.benchmarks.step_overhead import ARCH, OPTIM, Replay
+    from benchmarks.step_overhead import ARCH, OPTIM, Replay
     from posekit.train.callbacks import logging_step
     from posekit.train.module import PoseModule
 

@@ -1,4 +1,4 @@
-"""The training process's CPU per step besides the network: ``python -m posekit.benchmarks.step_overhead``.
+"""The training process's CPU per step besides the network: ``python -m benchmarks.step_overhead``.
 
 Where the GPU waits for the training process (a step that queues its kernels slower than the GPU runs them, as on
 run 9's H200 machine in docs/results.md), every millisecond of Python per step is a millisecond of step time. This

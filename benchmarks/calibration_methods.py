@@ -1,7 +1,7 @@
 """INT8 calibration methods compared on one FP32 ONNX: the table behind docs/export.md ("Why not entropy").
 
-    python -m posekit.benchmarks.calibration_methods preset=cpu_demo            # the README main job's model
-    python -m posekit.benchmarks.calibration_methods preset=cpu_demo resolution=288x384 --methods minmax entropy
+    python -m benchmarks.calibration_methods preset=cpu_demo            # the README main job's model
+    python -m benchmarks.calibration_methods preset=cpu_demo resolution=288x384 --methods minmax entropy
 
 Arguments are the Hydra overrides of the experiment (as given to ``launch.py``); the FP32 ONNX is that
 experiment's latest export at the configured resolution (``stage=export`` first), or ``--onnx``. For each method:

@@ -1,4 +1,4 @@
-"""Short in-process training runs that compare recipes: ``python -m posekit.benchmarks.recipe_probe NAME [k=v ...]``.
+"""Short in-process training runs that compare recipes: ``python -m benchmarks.recipe_probe NAME [k=v ...]``.
 
 The figures in docs/training.md ("Which recipe is the default", "Head initialization") come from this script. It
 trains the ``cpu_demo`` network (or any override) with the real ``PoseModule``, loss, optimizer and data module,
@@ -9,24 +9,27 @@ Keys: ``steps`` (600), ``lr`` (1e-3), ``init`` (kaiming | tao), ``opt`` (adamw |
 stage-wise multipliers), ``bs`` (16), ``evals`` (3), ``wd`` (1e-4), ``warm`` (0.05), ``prec`` (bf16 | fp32); every
 other ``key=value`` is a config override, e.g. ``model.width=0.125``. Examples::
 
-    python -m posekit.benchmarks.recipe_probe base steps=1200 evals=2 init=tao
-    python -m posekit.benchmarks.recipe_probe he   steps=1200 evals=2 init=kaiming
-    python -m posekit.benchmarks.recipe_probe sgd  steps=300 evals=1 opt=sgd lr=1e-4 wd=0 init=tao
+    python -m benchmarks.recipe_probe base steps=1200 evals=2 init=tao
+    python -m benchmarks.recipe_probe he   steps=1200 evals=2 init=kaiming
+    python -m benchmarks.recipe_probe sgd  steps=300 evals=1 opt=sgd lr=1e-4 wd=0 init=tao
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
-import sys
 import time
 
 import torch
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    name, kv = argv[0], dict(a.split("=", 1) for a in argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("name", help="the run's label in the printed rows")
+    ap.add_argument("settings", nargs="*", metavar="key=value", help="the keys above, or config overrides")
+    args = ap.parse_args(argv)
+    name, kv = args.name, dict(a.split("=", 1) for a in args.settings)
     steps, lr, init = int(kv.pop("steps", 600)), float(kv.pop("lr", 1e-3)), kv.pop("init", "kaiming")
     opt_name, bs, evals = kv.pop("opt", "adamw"), int(kv.pop("bs", 16)), int(kv.pop("evals", 3))
     wd, warm, prec = float(kv.pop("wd", 1e-4)), float(kv.pop("warm", 0.05)), kv.pop("prec", "bf16")

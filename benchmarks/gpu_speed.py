@@ -1,6 +1,6 @@
 """GPU speed of BpNetLite with the torch backend: what each optimization gives.
 
-    python -m posekit.benchmarks.gpu_speed [--out results.json] [--compile]
+    python -m benchmarks.gpu_speed [--out results.json] [--compile]
 
 Measures, on the current CUDA device:
   * the card's dense bf16 matmul rate (8192^3), the ceiling for "useful conv FLOPs";

@@ -1,4 +1,4 @@
-"""Decoder speed on one CPU core: ``python -m posekit.benchmarks.decode [--upsample 1 4] [--input 288x384]
+"""Decoder speed on one CPU core: ``python -m benchmarks.decode [--upsample 1 4] [--input 288x384]
 [--device cuda]``.
 
 Scenes of 1, 5, 20 and 50 random upright people are encoded into ideal stride-8 maps, then decoded (peaks with
@@ -22,9 +22,9 @@ import numba
 import numpy as np
 import torch
 
-from posekit.runtime.host import cpu_name
 from posekit.codec import Decoder, encode
 from posekit.config import DecodeConfig
+from posekit.runtime.host import cpu_name
 from posekit.skeleton import Skeleton
 
 # An upright person in COCO-17 order, (x, y) in units of its height, centred; perturbed per person.

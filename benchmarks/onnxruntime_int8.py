@@ -1,9 +1,9 @@
 """ONNX Runtime CPU latency: FP32 vs the two INT8 exports (S8S8 Q/DQ for TensorRT, U8S8 for the CPU).
 
-    python -m posekit.benchmarks.onnxruntime_int8                       # unpruned 3-stage model, 3 resolutions
-    python -m posekit.benchmarks.onnxruntime_int8 --model experiments/x/train/model.pt \\
+    python -m benchmarks.onnxruntime_int8                       # unpruned 3-stage model, 3 resolutions
+    python -m benchmarks.onnxruntime_int8 --model experiments/x/train/model.pt \\
         --model experiments/x/retrain/pth-0.2/model.pt --threads 2 --out ort_int8.json
-    python -m posekit.benchmarks.onnxruntime_int8 --kept docs/measurements/gpu_run3_pruned_channels.json \\
+    python -m benchmarks.onnxruntime_int8 --kept docs/measurements/gpu_run3_pruned_channels.json \\
         --threads 2 --resolutions 288x384                 # unpruned vs the shapes of the GPU run's pruned models
 
 For each model x resolution: export the FP32 ONNX, calibrate once (min-max: the method does not change speed),

@@ -1,4 +1,4 @@
-"""Data-pipeline speed on one CPU core: ``python -m posekit.benchmarks.data_pipeline [--samples 200]``.
+"""Data-pipeline speed on one CPU core: ``python -m benchmarks.data_pipeline [--samples 200]``.
 
 Times ``PoseDataset.__getitem__`` (JPEG decode + person-centric affine + colour jitter + loss mask + heatmap/PAF
 targets; the image stays uint8, normalized later on the training device), single process, one thread, for the training inputs 256x256 and 288x384, on
@@ -31,7 +31,7 @@ from posekit.data.images import read_image_rgb
 from posekit.data.synthetic import ensure_synthetic
 from posekit.skeleton import Skeleton
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 COCO_SAMPLE = ROOT / "tests" / "data" / "coco-sample"
 RESOLUTIONS = ((256, 256), (288, 384))
 

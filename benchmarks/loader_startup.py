@@ -1,7 +1,7 @@
 """Data-loader start-up: seconds from ``iter(train_dataloader())`` to the first batch, with and without the
 forkserver preload (docs/data.md).
 
-    python -m posekit.benchmarks.loader_startup --workers 2 4 [hydra overrides, default preset=tiny]
+    python -m benchmarks.loader_startup --workers 2 4 [hydra overrides, default preset=tiny]
 
 Each measurement runs in a fresh process (a forkserver starts once per process and keeps its preload).
 """
@@ -47,7 +47,7 @@ def main() -> None:
         for preload in ("0", "1"):
             runs = []
             for _ in range(args.repeats):
-                out = subprocess.run([sys.executable, "-m", "posekit.benchmarks.loader_startup", *args.overrides,
+                out = subprocess.run([sys.executable, "-m", "benchmarks.loader_startup", *args.overrides,
                                       "--one", str(workers), preload], capture_output=True, text=True, check=True)
                 runs.append(float(out.stdout.strip().splitlines()[-1]))
             print(f"| {workers} | {'yes' if preload == '1' else 'no'} | {', '.join(f'{r:.1f}' for r in runs)} |",

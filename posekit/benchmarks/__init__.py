@@ -1,1 +1,0 @@
-"""Benchmark scripts: `python -m posekit.benchmarks.<name>` prints figures (never timed tests)."""
