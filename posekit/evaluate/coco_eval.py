@@ -31,6 +31,7 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from posekit.codec.decode import People
+from posekit.data.annotations import load_coco
 from posekit.data.images import CorruptImageError, read_image_rgb
 from posekit.errors import UserError
 from posekit.skeleton import Skeleton
@@ -43,15 +44,6 @@ _SUMMARY = (
     (True, None, "all"), (True, 0.5, "all"), (True, 0.75, "all"), (True, None, "medium"), (True, None, "large"),
     (False, None, "all"), (False, 0.5, "all"), (False, 0.75, "all"), (False, None, "medium"), (False, None, "large"),
 )
-
-
-def load_coco(ann: str | os.PathLike | COCO) -> COCO:
-    """A pycocotools COCO object from an annotation file (quietly), or the object itself."""
-    if isinstance(ann, COCO):
-        return ann
-    from posekit.data.annotations import load_coco_checked
-
-    return load_coco_checked(ann)  # malformed -> UserError; non-finite annotations dropped and counted
 
 
 def keypoint_category(coco: COCO, skeleton: Skeleton) -> int:
