@@ -10,7 +10,7 @@ A :class:`Skeleton` converts between them, so nothing else in posekit names a jo
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,7 +174,3 @@ class Skeleton:
         """'left', 'right' or 'center' (for overlay colours)."""
         n = self.joints[joint]
         return "left" if n.startswith("left") else "right" if n.startswith("right") else "center"
-
-
-def sequence_of_pairs(x: Sequence[Sequence[int]]) -> tuple[tuple[int, int], ...]:
-    return tuple((int(a), int(b)) for a, b in x)

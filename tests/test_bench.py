@@ -6,23 +6,37 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from posekit.export.onnx_export import export_onnx
-from posekit.stages.bench import default_artifacts, summarize, time_calls
+from posekit.runtime.timing import summarize, time_calls
+from posekit.stages.bench import default_artifacts
 from tests.conftest import compose, run_cli
 from tests.test_export import tiny_final_stage
 
 
-def test_summary_statistics():
-    samples = [5.0, 1.0, 3.0, 2.0, 4.0, 10.0]
-    s = summarize(samples, batch=4)
-    assert s["median_ms"] == pytest.approx(np.median(samples))
-    assert s["p90_ms"] == pytest.approx(np.percentile(samples, 90))
-    assert s["throughput_ips"] == pytest.approx(4 * 1e3 / np.median(samples), rel=1e-3)
+def test_summary_statistics_of_known_samples():
+    # 1..11 ms: the median is the 6th sample; p90 sits at rank 0.9 * 10 = 9 (0-based), i.e. exactly 10 ms
+    s = summarize([7.0, 1.0, 11.0, 3.0, 5.0, 2.0, 9.0, 4.0, 10.0, 6.0, 8.0], batch=4)
+    assert s == {"median_ms": 6.0, "p90_ms": 10.0, "mean_ms": 6.0, "min_ms": 1.0,
+                 "throughput_ips": round(4 * 1000 / 6.0, 2), "iters": 11}
+    # an even count: the median is the mean of the middle two; p90 interpolates 0.5 of the way from 4 to 100 ms
+    s = summarize([1.0, 2.0, 3.0, 4.0, 100.0, 3.0], batch=1)
+    assert (s["median_ms"], s["p90_ms"], s["throughput_ips"]) == (3.0, 52.0, round(1000 / 3.0, 2))
+
+
+def test_time_calls_warms_up_then_times_each_call_with_the_clock():
+    now = [0.0]
+    durations = iter([0.5, 0.25, 0.002, 0.004, 0.008])  # seconds: two warm-up calls, then three timed ones
     calls = []
-    assert len(time_calls(lambda: calls.append(1), warmup=2, iters=3)) == 3 and len(calls) == 5
+
+    def fn():
+        calls.append(1)
+        now[0] += next(durations)
+
+    samples = time_calls(fn, warmup=2, iters=3, clock=lambda: now[0])
+    assert len(calls) == 5
+    assert samples == pytest.approx([2.0, 4.0, 8.0])  # ms of the timed calls only: the warm-up is not in them
 
 
 def test_default_artifacts_are_the_exported_models(tmp_path):

@@ -42,8 +42,6 @@ def test_round_trip_coco_sample(coco_sample, skeleton):
     assert metrics["AR"] >= 0.95, metrics
 
 
-@pytest.mark.skipif(importlib.util.find_spec("posekit.data.synthetic") is None,
-                    reason="posekit.data.synthetic (the synthetic dataset generator) is not in this tree yet")
 def test_round_trip_synthetic_val(skeleton):
     # Every annotated person of the synthetic val set, as COCO eval counts them: the generator places people so
     # a bottom-up codec can recover them (torso in frame, linked joints, same joints >= 2 sigma apart).

@@ -16,8 +16,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from posekit.config import DecodeConfig, SyntheticConfig
-from posekit.data import synthetic
-from posekit.data.synthetic import VAL_MAX_PEOPLE, ensure_synthetic
+from posekit.data.synthetic import dataset as synthetic_dataset
+from posekit.data.synthetic import MIN_JOINT_GAP, VAL_MAX_PEOPLE, ensure_synthetic
 from tests.conftest import compose
 
 
@@ -41,7 +41,7 @@ def hard_set(tmp_path_factory, skeleton):
 
 def test_same_seed_same_dataset_whatever_the_process_count(tmp_path, skeleton, monkeypatch):
     a = ensure_synthetic(_cfg(tmp_path / "a"), skeleton, workers=1)
-    monkeypatch.setattr(synthetic, "_IMAGES_PER_PROCESS", 4)  # let 18 images use a 2-process pool
+    monkeypatch.setattr(synthetic_dataset, "_IMAGES_PER_PROCESS", 4)  # let 18 images use a 2-process pool
     b = ensure_synthetic(_cfg(tmp_path / "b"), skeleton, workers=2)
     for key in ("train_ann", "val_ann"):
         assert a[key].read_bytes() == b[key].read_bytes()
@@ -61,7 +61,7 @@ def test_generated_once_then_reused_and_never_left_half_written(tmp_path, skelet
     def fail(*args, **kwargs):
         raise AssertionError("regenerated a cached dataset")
 
-    monkeypatch.setattr(synthetic, "_render_to_file", fail)
+    monkeypatch.setattr(synthetic_dataset, "_render_to_file", fail)
     assert ensure_synthetic(cfg, skeleton) == first
     # a generation killed mid-way leaves no dataset folder (only its temporary folder is removed)
     with pytest.raises(AssertionError, match="regenerated"):
@@ -103,7 +103,7 @@ def test_coco_format_is_valid_and_has_the_hard_cases(hard_set, skeleton):
                 vis = np.round(kps[kps[:, 2] == 2, :2]).astype(int)
                 if len(vis):
                     assert mask[vis[:, 1], vis[:, 0]].mean() >= 0.8
-            _assert_same_joints_apart(coco, img, min_gap=synthetic._MIN_JOINT_GAP * max(img["height"], img["width"]))
+            _assert_same_joints_apart(coco, img, min_gap=MIN_JOINT_GAP * max(img["height"], img["width"]))
     assert seen_v[0] and seen_v[1] and seen_v[2], seen_v
     assert kinds["crowd"] and kinds["unannotated"] and kinds["annotated"] > kinds["unannotated"], kinds
 

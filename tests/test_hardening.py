@@ -101,7 +101,7 @@ def poison_model(path: Path) -> None:
 
 # --------------------------------------------------------------------------------------------- row 1: NaN data
 def test_non_finite_keypoints_and_boxes_are_dropped_and_counted_at_load(tmp_path, coco_sample, skeleton):
-    from posekit.data.annotations import load_coco_checked
+    from posekit.data.annotations import load_coco
     from posekit.data.coco import PoseDataset
 
     data = json.loads((coco_sample / "test_coco.json").read_text())
@@ -118,7 +118,7 @@ def test_non_finite_keypoints_and_boxes_are_dropped_and_counted_at_load(tmp_path
         assert np.isfinite(rec["keypoints"]).all() and np.isfinite(rec["centers"]).all()
     item = ds[0]
     assert torch.isfinite(item["heatmaps"]).all() and torch.isfinite(item["pafs"]).all()
-    assert load_coco_checked(ann).dropped_annotations == 2  # the evaluator reads it the same way
+    assert load_coco(ann).dropped_annotations == 2  # the evaluator reads it the same way
 
 
 def test_prune_export_and_eval_refuse_a_model_with_non_finite_weights(root, capsys):

@@ -82,10 +82,20 @@ def test_infer_writes_people_and_overlays(tmp_path, image_folder, tiny_model, co
     assert metrics == {"images": 4, "people": kept, "skipped": 1}
     dets = json.loads((out / "detections.json").read_text())
     assert len(dets) == kept and all(len(d["keypoints"]) == 3 * len(skeleton.dataset_joints) for d in dets)
-    images = {im["id"]: im for im in json.loads((out / "images.json").read_text())}
-    for d in dets:  # detections land on the image they came from
-        im = images[d["image_id"]]
-        assert people[(im["height"], im["width"])].keypoints.shape[0] >= 1
+    # Detections land on the image they came from: each image's detections are the ground truth of its file
+    # (by name, from the annotation file, not from the predictor), people in order. The images hold 1, 2, 4
+    # and 5 people at different places, so detections attached to another image would not match.
+    gt = json.loads((coco_sample / "test_coco.json").read_text())
+    gt_id = {im["file_name"]: im["id"] for im in gt["images"]}
+    images = json.loads((out / "images.json").read_text())
+    assert sorted(im["file_name"] for im in images) == sorted(gt_id)
+    for im in images:
+        anns = [a for a in gt["annotations"] if a["image_id"] == gt_id[im["file_name"]] and a["num_keypoints"] > 0]
+        scores = np.linspace(0.9, 0.3, len(anns)).astype(np.float32)  # gt_people's scores, in annotation order
+        expected = [[v for x, y, vis in np.reshape(a["keypoints"], (-1, 3)) for v in ((x, y, 1) if vis else (0, 0, 0))]
+                    for a, score in zip(anns, scores) if score >= 0.5]
+        found = [d["keypoints"] for d in dets if d["image_id"] == im["id"]]
+        assert len(found) == len(expected) and found == [pytest.approx(e, abs=0.01) for e in expected], im
     overlay = cv2.imread(str(out / "overlays" / "000000000785.jpg"))
     original = cv2.imread(str(coco_sample / "000000000785.jpg"))
     assert overlay.shape == original.shape and np.abs(overlay.astype(int) - original).mean() > 0.5

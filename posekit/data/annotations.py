@@ -11,9 +11,12 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from posekit.errors import MissingArtifactError, UserError
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
 
 log = logging.getLogger(__name__)
 
@@ -54,24 +57,29 @@ def drop_non_finite(dataset: dict) -> int:
     return dropped
 
 
-def load_coco_checked(ann_file: str | os.PathLike, what: str = "annotation file"):
-    """``pycocotools.coco.COCO`` of ``ann_file`` (quietly) with non-finite annotations dropped; the count is the
-    object's ``dropped_annotations`` attribute. Missing or malformed files raise :class:`UserError`."""
-    from pycocotools.coco import COCO
+def load_coco(ann: str | os.PathLike | COCO) -> COCO:
+    """``pycocotools.coco.COCO`` of the annotation file ``ann`` (quietly), or ``ann`` itself if already one.
 
+    Annotations with non-finite keypoints or boxes are dropped (logged); their count is the object's
+    ``dropped_annotations`` attribute. A missing or malformed file raises :class:`UserError` naming it.
+    """
+    from pycocotools.coco import COCO  # imported on use: reading JSON must not need pycocotools loaded
+
+    if isinstance(ann, COCO):
+        return ann
     hint = "Check data.val_ann / data.train_ann (or data.root)."
-    dataset = read_json_file(ann_file, what, hint)
+    dataset = read_json_file(ann, "annotation file", hint)
     if not isinstance(dataset, dict) or not isinstance(dataset.get("images"), list):
-        raise UserError(f"{ann_file} is not a COCO annotation file (no 'images' list). {hint}")
+        raise UserError(f"{ann} is not a COCO annotation file (no 'images' list). {hint}")
     dropped = drop_non_finite(dataset)
     if dropped:
-        log.warning("%s: dropped %d annotation(s) with non-finite keypoints or boxes (NaN/Infinity)", ann_file, dropped)
+        log.warning("%s: dropped %d annotation(s) with non-finite keypoints or boxes (NaN/Infinity)", ann, dropped)
     coco = COCO()
     coco.dataset = dataset
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             coco.createIndex()
     except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{ann_file} is not a COCO annotation file ({type(e).__name__}: {e}). {hint}") from None
+        raise UserError(f"{ann} is not a COCO annotation file ({type(e).__name__}: {e}). {hint}") from None
     coco.dropped_annotations = dropped
     return coco

@@ -30,6 +30,7 @@ from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from posekit.codec.encode import Encoder
 from posekit.data import masks
+from posekit.data.annotations import load_coco
 from posekit.data.augment import Augmenter, transform_keypoints, warp_image
 from posekit.data.images import CorruptImageError, read_image_rgb, to_chw_uint8
 from posekit.errors import UserError
@@ -40,14 +41,6 @@ log = logging.getLogger("posekit.data")
 
 
 # ============================================================================================== index
-def load_coco(ann_file: str | os.PathLike):
-    """``pycocotools.coco.COCO`` without its prints; a missing or broken file raises :class:`UserError`.
-    Annotations with non-finite keypoints or boxes are dropped; their count is ``.dropped_annotations``."""
-    from posekit.data.annotations import load_coco_checked
-
-    return load_coco_checked(ann_file)
-
-
 def select_main_people(
     centers: np.ndarray, sizes: np.ndarray, num_keypoints: np.ndarray, areas: np.ndarray,
     min_keypoints: int = 5, min_area: float = 1024.0, min_dist_ratio: float = 0.3,

@@ -19,20 +19,18 @@ import io as _io
 import logging
 import os
 import time
-from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from tqdm import tqdm
 
 from posekit.codec.decode import People
-from posekit.data.images import CorruptImageError, read_image_rgb
+from posekit.data.annotations import load_coco
 from posekit.errors import UserError
+from posekit.runtime.image_loop import predict_images
 from posekit.skeleton import Skeleton
 
 log = logging.getLogger(__name__)
@@ -43,15 +41,6 @@ _SUMMARY = (
     (True, None, "all"), (True, 0.5, "all"), (True, 0.75, "all"), (True, None, "medium"), (True, None, "large"),
     (False, None, "all"), (False, 0.5, "all"), (False, 0.75, "all"), (False, None, "medium"), (False, None, "large"),
 )
-
-
-def load_coco(ann: str | os.PathLike | COCO) -> COCO:
-    """A pycocotools COCO object from an annotation file (quietly), or the object itself."""
-    if isinstance(ann, COCO):
-        return ann
-    from posekit.data.annotations import load_coco_checked
-
-    return load_coco_checked(ann)  # malformed -> UserError; non-finite annotations dropped and counted
 
 
 def keypoint_category(coco: COCO, skeleton: Skeleton) -> int:
@@ -144,31 +133,6 @@ def _summarize(E: COCOeval, ap: bool, iou: float | None, area: str) -> float:
     return float(np.mean(valid)) if valid.size else -1.0
 
 
-def read_images_ahead(paths: Sequence[Path], depth: int = 8) -> Iterator[tuple[Path, np.ndarray | Exception]]:
-    """Yield (path, RGB image or the CorruptImageError) in order, reading ``depth`` images ahead in background
-    threads (decoding releases the GIL, so reading overlaps the network)."""
-
-    def read(path: Path) -> np.ndarray | Exception:
-        try:
-            return read_image_rgb(path)
-        except CorruptImageError as e:
-            return e
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        pending: deque = deque()
-        it = iter(paths)
-        for path in it:
-            pending.append((path, pool.submit(read, path)))
-            if len(pending) >= depth:
-                break
-        while pending:
-            path, fut = pending.popleft()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(read, nxt)))
-            yield path, fut.result()
-
-
 def evaluate(predictor: Any, ann_file: str | os.PathLike, image_dir: str | os.PathLike, skeleton: Skeleton,
              max_images: int | None = None, max_dets: int = 20, progress: bool = True
              ) -> tuple[dict[str, Any], list[dict]]:
@@ -176,8 +140,7 @@ def evaluate(predictor: Any, ann_file: str | os.PathLike, image_dir: str | os.Pa
 
     Returns (metrics, detections): metrics has the 10 COCO numbers (:data:`STATS`) plus ``images`` (evaluated),
     ``skipped_images`` (corrupt or missing files), ``dropped_annotations`` (non-finite keypoints or boxes) and
-    ``ms_per_image`` (predictor time); detections are the
-    COCO results of all evaluated images.
+    ``ms_per_image`` (predictor time); detections are the COCO results of all evaluated images.
     """
     gt = load_coco(ann_file)
     cat = keypoint_category(gt, skeleton)
@@ -187,47 +150,25 @@ def evaluate(predictor: Any, ann_file: str | os.PathLike, image_dir: str | os.Pa
     image_dir = Path(image_dir)
     paths = [image_dir / gt.imgs[i]["file_name"] for i in ids]
     id_of = dict(zip(paths, ids))
-    batch = max(1, int(getattr(predictor, "chunk", 1)))
     detections: list[dict] = []
     evaluated: list[int] = []
-    skipped: list[str] = []
-    predict_ms = 0.0
     t0 = time.perf_counter()
 
-    def flush(buf: list[tuple[int, np.ndarray]]) -> None:
-        nonlocal predict_ms
-        if not buf:
-            return
-        t = time.perf_counter()
-        people = predictor.predict_many([img for _, img in buf])
-        predict_ms += (time.perf_counter() - t) * 1e3
-        for (image_id, _), p in zip(buf, people):
-            detections.extend(people_to_coco(p, image_id, skeleton, cat))
-            evaluated.append(image_id)
-        buf.clear()
+    def collect(path: Path, _image: np.ndarray, people: People) -> None:
+        detections.extend(people_to_coco(people, id_of[path], skeleton, cat))
+        evaluated.append(id_of[path])
 
-    buf: list[tuple[int, np.ndarray]] = []
-    with tqdm(total=len(paths), desc="eval", unit="img", disable=not progress, dynamic_ncols=True) as bar:
-        for path, img in read_images_ahead(paths):
-            if isinstance(img, Exception):
-                skipped.append(str(path))
-                log.warning("skipping image: %s", img)
-            else:
-                buf.append((id_of[path], img))
-                if len(buf) >= batch:
-                    flush(buf)
-            bar.update(1)
-        flush(buf)
-    if skipped:
-        log.warning("eval: %d of %d images could not be read and were skipped", len(skipped), len(paths))
+    run = predict_images(predictor, paths, collect, desc="eval", progress=progress)
+    if run.skipped:
+        log.warning("eval: %d of %d images could not be read and were skipped", len(run.skipped), len(paths))
     if not evaluated:
         raise UserError(f"no readable image among {len(paths)} in {image_dir}: check data.val_images")
     metrics: dict[str, Any] = dict(evaluate_detections(gt, detections, skeleton, evaluated, max_dets, print_table=True))
     metrics.update(
         images=len(evaluated),
-        skipped_images=len(skipped),
+        skipped_images=len(run.skipped),
         dropped_annotations=int(getattr(gt, "dropped_annotations", 0)),
-        ms_per_image=round(predict_ms / len(evaluated), 3),
+        ms_per_image=round(run.predict_s * 1e3 / len(evaluated), 3),
         seconds=round(time.perf_counter() - t0, 2),
     )
     return metrics, detections

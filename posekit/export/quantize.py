@@ -145,12 +145,6 @@ def save_ranges(ranges: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def load_ranges(path: str | os.PathLike):
-    from onnxruntime.quantization import load_tensors_data
-
-    return load_tensors_data(Path(path))
-
-
 def output_nodes(fp32_onnx: str | os.PathLike) -> list[str]:
     """Names of the nodes that produce the graph outputs (the final heatmap and PAF convolutions)."""
     model = onnx.load(str(fp32_onnx), load_external_data=False)

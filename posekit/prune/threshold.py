@@ -119,15 +119,16 @@ def _names(value: Any) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(str(n) for n in value)
 
 
-def output_convs(model: nn.Module) -> list[nn.Conv2d]:
-    """Convs whose channels are semantic (``BpNetLite.output_convs()``: every stage's heatmap/PAF output)."""
-    fn = getattr(model, "output_convs", None)
-    return list(fn()) if callable(fn) else []
+def _semantic_convs(model: nn.Module) -> list[nn.Conv2d]:
+    """The convs whose output channels are semantic and so never pruned: the model's own ``output_convs()``
+    (``BpNetLite``'s heatmap/PAF outputs, the one place they are listed); none for a model without one."""
+    heads = getattr(model, "output_convs", None)
+    return list(heads()) if callable(heads) else []
 
 
 def prunable_layer_names(model: nn.Module) -> list[str]:
     """Names (as in ``named_modules()``) of the convs threshold pruning may shrink: all but the output convs."""
-    heads = set(map(id, output_convs(model)))
+    heads = set(map(id, _semantic_convs(model)))
     return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and id(m) not in heads]
 
 
@@ -265,7 +266,7 @@ def plan_pruning(model: nn.Module, settings: PruneSettings, graph: Any = None) -
     excluded_names = set(settings.excluded_layers)
     excluded = [m for n, m in model.named_modules() if n in excluded_names]
     decisions = []
-    for group in graph.get_all_groups(ignored_layers=output_convs(model) + excluded, root_module_types=[nn.Conv2d]):
+    for group in graph.get_all_groups(ignored_layers=_semantic_convs(model) + excluded, root_module_types=[nn.Conv2d]):
         root = group[0].dep.target.module
         n = root.out_channels
         members: dict[str, torch.Tensor] = {}
@@ -297,7 +298,7 @@ def plan_pruning(model: nn.Module, settings: PruneSettings, graph: Any = None) -
 
 def _notes(model: nn.Module, settings: PruneSettings, decisions: Sequence[GroupDecision]) -> dict[str, str]:
     """The report's per-conv note: why its output channels were left alone, or which coupled group it is in."""
-    notes = {n: "output head" for n, m in model.named_modules() if any(m is h for h in output_convs(model))}
+    notes = {n: "output head" for n, m in model.named_modules() if any(m is h for h in _semantic_convs(model))}
     notes.update({n: "excluded" for n in settings.excluded_layers if n not in notes})
     decided = {m for d in decisions for m in d.members}
     for n in prunable_layer_names(model):

@@ -21,8 +21,6 @@ from posekit.errors import EXIT_CODE, UserError, from_os_error, report
 
 log = logging.getLogger("posekit")
 
-STAGES = ("train", "prune", "retrain", "export", "eval", "infer", "bench", "calibrate", "pipeline")
-
 
 def stage_module(name: str) -> Any:
     return importlib.import_module(f"posekit.stages.{name}")

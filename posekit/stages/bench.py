@@ -21,8 +21,6 @@ import logging
 import os
 import platform
 import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from posekit import io
 from posekit.errors import UserError
 from posekit.experiment import Experiment
+from posekit.runtime.timing import summarize, time_calls
 
 log = logging.getLogger("posekit.bench")
 
@@ -68,7 +67,7 @@ def bench_images(cfg: DictConfig, count: int) -> list[np.ndarray]:
     if cfg.bench.images:
         paths = read_image_list(cfg.bench.images)
     else:
-        from posekit.data.annotations import load_coco_checked as load_coco
+        from posekit.data.annotations import load_coco
         from posekit.data.paths import resolve_data
 
         data = resolve_data(cfg, splits=("val",))
@@ -86,44 +85,6 @@ def bench_images(cfg: DictConfig, count: int) -> list[np.ndarray]:
         raise UserError("bench: no readable image for end-to-end timing; set bench.images=PATH or "
                         "bench.end_to_end=false")
     return [images[i % len(images)] for i in range(count)]
-
-
-# ------------------------------------------------------------------------------------------------ timing
-def summarize(samples_ms: list[float], batch: int) -> dict[str, float]:
-    """Median / p90 / mean latency (ms per call) and throughput (images/s at the median)."""
-    arr = np.asarray(samples_ms, dtype=np.float64)
-    median = float(np.median(arr))
-    return {
-        "median_ms": round(median, 3),
-        "p90_ms": round(float(np.percentile(arr, 90)), 3),
-        "mean_ms": round(float(arr.mean()), 3),
-        "min_ms": round(float(arr.min()), 3),
-        "throughput_ips": round(batch * 1e3 / median, 2) if median > 0 else float("inf"),
-        "iters": len(samples_ms),
-    }
-
-
-def time_calls(fn: Callable[[], Any], warmup: int, iters: int, cuda_events: bool = False) -> list[float]:
-    """Milliseconds per call of ``fn`` after ``warmup`` untimed calls; CUDA events time GPU work when asked."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    if cuda_events:
-        import torch
-
-        for _ in range(iters):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end))
-        return samples
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t) * 1e3)
-    return samples
 
 
 def _on_cuda(backend: Any) -> bool:

@@ -54,7 +54,7 @@ def source_and_tag(cfg: DictConfig, exp: Experiment) -> tuple[Path, str]:
 def validation_inputs(cfg: DictConfig, input_hw: tuple[int, int], count: int) -> np.ndarray | None:
     """Up to ``count`` val images, strict-preprocessed: (N, 3, H, W) float32; None (with a warning) if the
     dataset is unavailable."""
-    from posekit.data.annotations import load_coco_checked as load_coco
+    from posekit.data.annotations import load_coco
     from posekit.data.images import CorruptImageError, read_image_rgb
     from posekit.data.paths import resolve_data
     from posekit.runtime.preprocess import preprocess

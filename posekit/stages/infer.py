@@ -85,37 +85,20 @@ def _names(files: list[Path]) -> list[str]:
 
 
 def _run_images(predictor, files: list[Path], writer: _Writer) -> list[str]:
-    from posekit.evaluate.coco_eval import read_images_ahead
+    """Run the image files through ``writer`` (detections, overlays); returns the files that could not be read."""
+    from posekit.runtime.image_loop import predict_images
 
-    skipped: list[str] = []
     names = dict(zip(files, _names(files)))
     ids = {p: i for i, p in enumerate(files)}
-    buf: list[tuple[Path, np.ndarray]] = []
 
-    def flush() -> None:
-        if not buf:
-            return
-        for (path, img), people in zip(buf, predictor.predict_many([img for _, img in buf])):
-            overlay = writer.add(ids[path], img, people, file_name=path.name)
-            if overlay is not None:
-                with io.atomic_path(writer.out / "overlays" / names[path]) as tmp:
-                    if not cv2.imwrite(str(tmp), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR),
-                                       [cv2.IMWRITE_JPEG_QUALITY, 90]):
-                        raise UserError(f"could not write {tmp}")
-        buf.clear()
+    def write(path: Path, img: np.ndarray, people: People) -> None:
+        overlay = writer.add(ids[path], img, people, file_name=path.name)
+        if overlay is not None:
+            with io.atomic_path(writer.out / "overlays" / names[path]) as tmp:
+                if not cv2.imwrite(str(tmp), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90]):
+                    raise UserError(f"could not write {tmp}")
 
-    with tqdm(total=len(files), desc="infer", unit="img", dynamic_ncols=True) as bar:
-        for path, img in read_images_ahead(files):
-            if isinstance(img, Exception):
-                skipped.append(str(path))
-                log.warning("skipping %s", img)
-            else:
-                buf.append((path, img))
-                if len(buf) >= predictor.chunk:
-                    flush()
-            bar.update(1)
-        flush()
-    return skipped
+    return predict_images(predictor, files, write, desc="infer").skipped
 
 
 def _frame_batches(cap: cv2.VideoCapture, n: int) -> Iterator[list[np.ndarray]]:
