@@ -60,6 +60,7 @@ def test_ddp_on_two_cpu_processes_trains_on_both_ranks_writes_once_and_resumes(t
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in out, out[-3000:]
     ranks = figures["ranks"]
     assert [(r["global_rank"], r["world_size"]) for r in ranks] == [(0, 2), (1, 2)]
+    assert {r["cluster_environment"] for r in ranks} == {"LightningEnvironment"}
     batches = int(summary["config"]["trainer"]["limit_train_batches"])
     assert [r["batches"] for r in ranks] == [batches, batches]
     assert figures["global_step"] == batches  # each optimizer step is one batch on every rank, not two steps

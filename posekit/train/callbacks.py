@@ -317,7 +317,8 @@ class EpochHistory(Callback):
 
 class RankRecord(Callback):
     """What this process trained on, for the summary's ``ranks`` list (one entry per global rank, see ``gather``):
-    ``global_rank``, ``world_size``, ``batches`` and ``images`` of this run (a resumed run counts its own), and
+    ``global_rank``, ``world_size``, ``cluster_environment`` (who set the ranks: ``SLURMEnvironment`` under
+    srun, ``LightningEnvironment`` when Lightning started the processes itself), ``batches`` and ``images`` of this run (a resumed run counts its own), and
     ``first_epoch_indices``: the dataset indices the rank's ``DistributedSampler`` handed out for the batches it
     trained in its first epoch (recorded only under a distributed sampler of at most ``max_indices`` entries;
     reading a ``RandomSampler`` would draw from the RNG and change the run).
@@ -349,7 +350,9 @@ class RankRecord(Callback):
             self.first_epoch_indices = self._epoch_indices[: self.images]  # the batch sampler takes them in order
 
     def record(self, trainer: pl.Trainer) -> dict[str, Any]:
+        env = getattr(trainer.strategy, "cluster_environment", None)
         return {"global_rank": int(trainer.global_rank), "world_size": int(trainer.world_size),
+                "cluster_environment": type(env).__name__ if env is not None else None,
                 "batches": self.batches, "images": self.images, "first_epoch_indices": self.first_epoch_indices}
 
     def gather(self, trainer: pl.Trainer) -> list[dict[str, Any]]:
