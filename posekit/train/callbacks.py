@@ -318,10 +318,11 @@ class EpochHistory(Callback):
 class RankRecord(Callback):
     """What this process trained on, for the summary's ``ranks`` list (one entry per global rank, see ``gather``):
     ``global_rank``, ``world_size``, ``cluster_environment`` (who set the ranks: ``SLURMEnvironment`` under
-    srun, ``LightningEnvironment`` when Lightning started the processes itself), ``batches`` and ``images`` of this run (a resumed run counts its own), and
-    ``first_epoch_indices``: the dataset indices the rank's ``DistributedSampler`` handed out for the batches it
-    trained in its first epoch (recorded only under a distributed sampler of at most ``max_indices`` entries;
-    reading a ``RandomSampler`` would draw from the RNG and change the run).
+    srun, ``LightningEnvironment`` when Lightning started the processes itself), ``batches`` and ``images`` of
+    this run (a resumed run counts its own), and ``first_epoch_indices``: the dataset indices the rank's
+    ``DistributedSampler`` handed out for the batches it trained in this run's first epoch (recorded only under
+    a distributed sampler of at most ``max_indices`` entries; reading a ``RandomSampler`` would draw from the RNG
+    and change the run).
     """
 
     def __init__(self, max_indices: int = 4096) -> None:

@@ -301,7 +301,8 @@ def fit(
     )
     progress = ProgressLog(int(cfg.train.progress_every_n_steps), enabled=not bool(tr.enable_progress_bar))
     ranks = RankRecord()
-    callbacks = [startup, meter, progress, ranks, *([ap_cb] if ap_cb else []), history, last_cb, best_cb, *extra_callbacks]
+    callbacks = [startup, meter, progress, ranks, *([ap_cb] if ap_cb else []), history, last_cb, best_cb,
+                 *extra_callbacks]
     loggers = [
         CSVLogger(save_dir=str(stage_dir), name="csv"),
         TensorBoardLogger(save_dir=str(stage_dir), name="tensorboard", default_hp_metric=False),
