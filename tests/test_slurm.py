@@ -132,3 +132,65 @@ def test_a_preempted_job_is_requeued_by_submitit_and_resumes_without_redoing_fin
     assert io.read_json(next(sweep.glob("shared/*/pipeline/steps/train.json")))["finished"] == train_rec["finished"]
     rows = list(csv.DictReader((sweep / "report" / "sweep.csv").open()))
     assert len(rows) == 1 and rows[0]["status"] == "ok", rows  # ... and finished the point
+
+
+# trainer=ddp as 2 SLURM tasks on the CPU: srun starts both processes (tasks_per_node = trainer.devices = 2) and
+# Lightning's SLURMEnvironment reads their ranks; gloo, fp32, no SyncBN (the node has 2 CPUs: one per task)
+DDP_JOB = ("stage=train", "preset=tiny", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+           "trainer.precision=32-true", "trainer.sync_batchnorm=false", "trainer.benchmark=false")
+
+
+def test_ddp_as_two_slurm_tasks_is_preempted_requeued_and_resumes_from_last_ckpt(slurm_env, tmp_path):
+    train = tmp_path / "default" / "train"
+    sweep_dir = tmp_path / "multirun"
+    log = (tmp_path / "launch.log").open("w")
+    env = {**os.environ, **slurm_env, "PYTHONUNBUFFERED": "1"}
+    # 8 epochs of 3 steps (0.5 to 2 s each on 2 CPUs): time to pre-empt it after the first last.ckpt
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "launch.py"), "-m", *DDP_JOB, *CPU_JOB, "hydra.launcher.mem_gb=4",
+         "trainer.max_epochs=8", f"experiment.root={tmp_path}", f"hydra.sweep.dir={sweep_dir}"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None and not (train / "checkpoints" / "last.ckpt").is_file():
+            time.sleep(0.1)
+        assert (train / "checkpoints" / "last.ckpt").is_file(), (tmp_path / "launch.log").read_text()[-3000:]
+        assert not (train / "summary.json").exists(), "training finished before the pre-emption: make it longer"
+        job = _squeue(slurm_env, "%i")[0]
+        # what SLURM sends signal_delay_s before the time limit (#SBATCH --signal=USR2@...), to every task
+        subprocess.run(["scancel", "--signal=USR2", job], env=env, check=True)
+        deadline = time.time() + 60
+        while time.time() < deadline and "PD" not in _squeue(slurm_env, "%t"):
+            time.sleep(0.2)
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)
+        assert proc.wait(timeout=300) == 0, (tmp_path / "launch.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+
+    script = next(sweep_dir.glob(".submitit/*/*_submission.sh")).read_text()
+    assert "#SBATCH --ntasks-per-node=2" in script and "#SBATCH --nodes=1" in script
+    logs = {p.name: p.read_text() for p in sweep_dir.glob(".submitit/*/*_log.out")}
+    assert sorted(logs) == [f"{job}_0_log.out", f"{job}_1_log.out"], sorted(logs)
+    task0, task1 = logs[f"{job}_0_log.out"], logs[f"{job}_1_log.out"]
+    # submitit's handler: task 0 checkpoints the (checkpointable) Hydra job and requeues it. Its later log lines
+    # ("Requeued job", "Exiting gracefully") may be cut off: the requeue itself sends the job SIGTERM.
+    assert "Caught signal SIGUSR2" in task0 and "Calling checkpoint method" in task0, task0[-3000:]
+    # the job ran twice, both times as 2 tasks with ranks 0 and 1 of 2
+    assert task0.count("Starting with JobEnvironment(job_id=") == 2, task0[-3000:]
+    assert task1.count("GLOBAL_RANK: 1, MEMBER: 2/2") == 2, task1[-3000:]
+    assert "resuming from" in task0
+
+    summary = io.read_json(train / "summary.json")
+    ranks = summary["figures"]["ranks"]  # the requeued run's processes (posekit.train.callbacks.RankRecord)
+    assert [(r["global_rank"], r["world_size"], r["cluster_environment"]) for r in ranks] == [
+        (0, 2, "SLURMEnvironment"), (1, 2, "SLURMEnvironment")]
+    assert summary["resumed_from"] == str(train / "checkpoints" / "last.ckpt")
+    steps = 8 * int(summary["config"]["trainer"]["limit_train_batches"])
+    assert summary["metrics"]["global_step"] == summary["metrics"]["planned_steps"] == steps
+    assert summary["metrics"]["stopped_early"] is None
+    # the requeued run trained only what was left: fewer batches per rank than the whole schedule
+    assert 0 < ranks[0]["batches"] == ranks[1]["batches"] < steps
+    assert (train / "model.pt").is_file() and sorted(p.name for p in (train / "checkpoints").iterdir()) == [
+        "best.ckpt", "last.ckpt"]

@@ -315,6 +315,57 @@ class EpochHistory(Callback):
         self.wall_s = float(state_dict.get("wall_s", 0.0))
 
 
+class RankRecord(Callback):
+    """What this process trained on, for the summary's ``ranks`` list (one entry per global rank, see ``gather``):
+    ``global_rank``, ``world_size``, ``cluster_environment`` (who set the ranks: ``SLURMEnvironment`` under
+    srun, ``LightningEnvironment`` when Lightning started the processes itself), ``batches`` and ``images`` of
+    this run (a resumed run counts its own), and ``first_epoch_indices``: the dataset indices the rank's
+    ``DistributedSampler`` handed out for the batches it trained in this run's first epoch (recorded only under
+    a distributed sampler of at most ``max_indices`` entries; reading a ``RandomSampler`` would draw from the RNG
+    and change the run).
+    """
+
+    def __init__(self, max_indices: int = 4096) -> None:
+        self.max_indices = max_indices
+        self.batches = 0
+        self.images = 0
+        self._epoch_indices: list[int] | None = None
+        self.first_epoch_indices: list[int] | None = None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from torch.utils.data import DistributedSampler
+
+        sampler = getattr(trainer.train_dataloader, "sampler", None)
+        first = self.first_epoch_indices is None and self._epoch_indices is None
+        if first and isinstance(sampler, DistributedSampler) and len(sampler) <= self.max_indices:
+            self._epoch_indices = [int(i) for i in sampler]  # deterministic: (seed, epoch, rank), no RNG draw
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.batches += 1
+        self.images += int(batch["image"].shape[0])
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._epoch_indices is not None and self.first_epoch_indices is None:
+            self.first_epoch_indices = self._epoch_indices[: self.images]  # the batch sampler takes them in order
+
+    def record(self, trainer: pl.Trainer) -> dict[str, Any]:
+        env = getattr(trainer.strategy, "cluster_environment", None)
+        return {"global_rank": int(trainer.global_rank), "world_size": int(trainer.world_size),
+                "cluster_environment": type(env).__name__ if env is not None else None,
+                "batches": self.batches, "images": self.images, "first_epoch_indices": self.first_epoch_indices}
+
+    def gather(self, trainer: pl.Trainer) -> list[dict[str, Any]]:
+        """Every rank's ``record`` (a collective: all ranks must call it), ordered by global rank."""
+        mine = self.record(trainer)
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return [mine]
+        records: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(records, mine)
+        return sorted(records, key=lambda r: r["global_rank"])
+
+
 def snapshot(net: nn.Module) -> nn.Module:
     """An independent fp32 eval-mode copy of ``net`` for evaluation (never mutates the training weights;
     a ``net.compile()``-d module copies uncompiled)."""

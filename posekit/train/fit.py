@@ -34,6 +34,7 @@ from posekit.model.io import read_checkpoint, save_model
 from posekit.train.callbacks import (
     EpochHistory,
     ProgressLog,
+    RankRecord,
     StartupClock,
     ThroughputMeter,
     ValidationAP,
@@ -299,7 +300,9 @@ def fit(
         enable_version_counter=False,
     )
     progress = ProgressLog(int(cfg.train.progress_every_n_steps), enabled=not bool(tr.enable_progress_bar))
-    callbacks = [startup, meter, progress, *([ap_cb] if ap_cb else []), history, last_cb, best_cb, *extra_callbacks]
+    ranks = RankRecord()
+    callbacks = [startup, meter, progress, ranks, *([ap_cb] if ap_cb else []), history, last_cb, best_cb,
+                 *extra_callbacks]
     loggers = [
         CSVLogger(save_dir=str(stage_dir), name="csv"),
         TensorBoardLogger(save_dir=str(stage_dir), name="tensorboard", default_hp_metric=False),
@@ -349,6 +352,7 @@ def fit(
     replaced = trainer.strategy.reduce(
         torch.as_tensor(module.replaced_samples, dtype=torch.float64, device=module.device), reduce_op="sum"
     )
+    rank_records = ranks.gather(trainer)  # a collective too
     result = FitResult(
         is_global_zero=trainer.is_global_zero,
         monitor=val.monitor,
@@ -386,6 +390,7 @@ def fit(
         "dropped_annotations": getattr(train_set, "num_dropped_annotations", 0),
         "replaced_samples": int(replaced.item()),  # samples whose image was unreadable, replaced by the next one
     }
+    figures["ranks"] = rank_records  # per process: batches, images, sampled indices (RankRecord)
     if module.guard is not None:
         figures["guard"] = module.guard.summary()
     result.figures = figures
