@@ -88,6 +88,28 @@ class Experiment:
             "first, or pass an explicit path (e.g. export.model=PATH / eval.artifact=PATH)."
         )
 
+    def default_model(self, stage: str) -> tuple[Path, str]:
+        """The one rule for the model a stage reads when none is given: prune reads the trained model, retrain the
+        pruned one, every other stage the latest (:meth:`latest_model`). Returns ``(path, model name)``; the
+        trained and pruned paths are returned whether or not they exist yet."""
+        if stage == "prune":
+            return self.trained_model, "trained"
+        if stage == "retrain":
+            return self.pruned_model(), f"pruned-{self.pth}"
+        return self.latest_model()
+
+    def model_name(self, path: Path) -> str:
+        """The short name of a PyTorch model file (:attr:`posekit.export.artifacts.Artifact.model`): ``trained``,
+        ``pruned-<pth>`` or ``retrained-<pth>`` for this experiment's own, else the file's stem without ``model.``
+        (its folder's name for a ``model.pt``)."""
+        path = Path(path).resolve()
+        known = {self.trained_model.resolve(): "trained", self.pruned_model().resolve(): f"pruned-{self.pth}",
+                 self.retrained_model().resolve(): f"retrained-{self.pth}"}
+        if path in known:
+            return known[path]
+        stem = path.stem.removeprefix("model.")
+        return path.parent.name if stem == "model" else stem
+
     def resolve(self, explicit: str | None, default: Path, what: str, hint: str) -> Path:
         """An explicit path if given (must exist), else ``default`` (must exist); errors say what to run."""
         if explicit:
@@ -107,7 +129,7 @@ class Experiment:
         never overwritten by one of another input shape, dataset or runtime. Says so when it moves."""
         import logging
 
-        from posekit.sweep.chain import config_subset, digest, fingerprint
+        from posekit.chain import config_subset, digest, fingerprint
 
         folder = self.root / stage / tag
         try:

@@ -1,4 +1,4 @@
-"""The pipeline stage and its step chain (posekit.stages.pipeline, posekit.sweep.chain).
+"""The pipeline stage and its step chain (posekit.stages.pipeline, posekit.chain).
 
 Unit tests run the real Pipeline with fake stages (files written the way the real stages write them), so they
 check ordering, derived configs, records, skipping, failure handling and locking in seconds. The CLI test runs
@@ -21,7 +21,7 @@ from posekit.errors import UserError
 from posekit.experiment import Experiment
 from posekit.model import BpNetLite, save_model
 from posekit.stages.pipeline import Pipeline, PipelineError, check_single_process
-from posekit.sweep.chain import ChainLayout, Step, StepRunner, derive, fingerprint, model_key, TRAIN_SECTIONS
+from posekit.chain import ChainLayout, Step, StepRunner, derive, fingerprint, model_key, TRAIN_SECTIONS
 from tests.conftest import compose, run_cli
 
 

@@ -44,12 +44,12 @@ ARTIFACT_PATTERNS = ("model.*.onnx", "model.*.engine")
 def default_artifacts(exp: Experiment) -> list[Path]:
     """The experiment's exported models that a finished export recorded (deployable ONNX excluded: it is
     DeepStream's; a killed export's leftovers excluded), else its latest model."""
-    from posekit.export.artifacts import recorded_artifacts
+    from posekit.export.artifacts import is_runnable, recorded_artifacts
 
     found, partial = [], []
     for folder in sorted(p for p in exp.root.glob("export/*") if p.is_dir()):
         complete = recorded_artifacts(folder)
-        for p in sorted(q for pattern in ARTIFACT_PATTERNS for q in folder.glob(pattern) if ".deploy." not in q.name):
+        for p in sorted(q for pattern in ARTIFACT_PATTERNS for q in folder.glob(pattern) if is_runnable(q)):
             (found if p.name in complete else partial).append(p)
     if partial:
         log.warning("bench: skipping %d file(s) of unfinished exports (not in their summary*.json): %s",

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from omegaconf import DictConfig
 from posekit.errors import MissingArtifactError, UserError
 from posekit.experiment import Experiment
 from posekit.export import artifacts as names
-from posekit.export.artifacts import artifact_record
+from posekit.export.artifacts import WRITTEN, Artifact, artifact_record
 from posekit.export.onnx_export import input_shape
 
 log = logging.getLogger("posekit.export")
@@ -37,18 +36,14 @@ MAIN_METRIC = "parity_max_abs"  # ONNX Runtime vs torch, FP32 model (lower is be
 
 # ------------------------------------------------------------------------------------------------ inputs
 def source_and_tag(cfg: DictConfig, exp: Experiment) -> tuple[Path, str]:
-    """The model to export and its folder name under ``export/``."""
+    """The model to export and its name (:meth:`~posekit.experiment.Experiment.model_name`), which is its folder's
+    name under ``export/``."""
     if not cfg.export.model:
-        return exp.latest_model()
+        return exp.default_model("export")
     path = Path(os.path.expanduser(str(cfg.export.model))).resolve()
     if not path.is_file():
         raise MissingArtifactError(f"export.model not found: {path}. Check the path given on the command line.")
-    known = {exp.trained_model.resolve(): "trained", exp.pruned_model().resolve(): f"pruned-{exp.pth}",
-             exp.retrained_model().resolve(): f"retrained-{exp.pth}"}
-    if path in known:
-        return path, known[path]
-    stem = path.stem.removeprefix("model.")
-    return path, (path.parent.name if stem == "model" else stem)
+    return path, exp.model_name(path)
 
 
 def validation_inputs(cfg: DictConfig, input_hw: tuple[int, int], count: int) -> np.ndarray | None:
@@ -80,16 +75,10 @@ def validation_inputs(cfg: DictConfig, input_hw: tuple[int, int], count: int) ->
 
 
 def _load(path: Path):
-    from posekit.model import FinalStage, load_model
+    from posekit.model import FinalStage
+    from posekit.model.io import load_model_for_stage
 
-    try:
-        model, info = load_model(path)
-    except FileNotFoundError as e:
-        raise MissingArtifactError(str(e)) from e
-    except (ValueError, KeyError, AttributeError, RuntimeError, OSError, EOFError, pickle.UnpicklingError) as e:
-        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise UserError(f"cannot load {path} as a posekit model ({reason}); pass export.model=PATH to a model file "
-                        "(train/model.pt, prune/model.pruned-<pth>.pt, retrain/.../model.pt) or a .ckpt") from e
+    model, info = load_model_for_stage(path, "export.model")
     return FinalStage(model).eval(), info
 
 
@@ -273,4 +262,4 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     print(format_artifacts(records), flush=True)
     print(f"parity (ONNX Runtime vs torch, FP32): max |diff| {parity_max:.2e} "
           f"(inputs: {', '.join(parity)}) -> {out}", flush=True)
-    return metrics
+    return {**metrics, WRITTEN: [Artifact.from_record(r, model=tag, source=src).to_record() for r in records.values()]}

@@ -7,7 +7,7 @@ exported ONNX after export), bench times every artifact. Then it prints and writ
 
     <experiment>/pipeline/summary.json     rows (artifact, AP, APm, APl, params, GFLOPs, latency), steps, status
     <experiment>/pipeline/pipeline.md      the same as Markdown
-    <experiment>/pipeline/steps/*.json     one record per step (posekit.sweep.chain): re-running skips done steps
+    <experiment>/pipeline/steps/*.json     one record per step (posekit.chain): re-running skips done steps
 
 Inside a Hydra multirun (the sweeps in sweeps/sweep/) the same chain runs per point, with the model steps
 (train, prune, retrain) in a folder shared by every point that needs the same models (docs/sweeps.md).
@@ -32,7 +32,7 @@ from omegaconf import DictConfig
 from posekit import io
 from posekit.errors import UserError
 from posekit.experiment import Experiment
-from posekit.sweep.chain import (
+from posekit.chain import (
     BENCH_SECTIONS,
     CALIBRATE_SECTIONS,
     EVAL_SECTIONS,

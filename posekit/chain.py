@@ -337,22 +337,11 @@ def step_lock(path: Path, what: str) -> Iterator[None]:
         lock.release()
 
 
-def default_stage_runner(stage: str, cfg: DictConfig) -> dict:
-    """Validate, prepare (lock the step's stage in its folder, waiting for a holder; clean; check the checkpoint
-    to resume from) and run one stage. No settings are inherited: the chain derives every step's config."""
-    from posekit.config import validate
-    from posekit.preflight import prepared
-    from posekit.stages import stage_module
-
-    validate(cfg)
-    with prepared(stage, cfg, wait=True) as ready:
-        return stage_module(stage).run(ready) or {}
-
-
 class StepRunner:
-    """Runs steps with records and locks. ``stage_runner(stage, cfg) -> dict`` is injectable for tests."""
+    """Runs steps with records and locks. ``stage_runner(stage, cfg) -> dict`` runs one stage: the pipeline stage
+    passes its own (this module sits below the stages and imports none of them), tests pass fakes."""
 
-    def __init__(self, stage_runner: Callable[[str, DictConfig], dict] = default_stage_runner, force: bool = False):
+    def __init__(self, stage_runner: Callable[[str, DictConfig], dict], force: bool = False):
         self.stage_runner = stage_runner
         self.force = force
 
