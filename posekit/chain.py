@@ -207,9 +207,8 @@ def hydra_runtime() -> dict[str, Any] | None:
 # --------------------------------------------------------------------------------------------- steps
 @dataclass
 class Step:
-    """One stage call. ``enrich(result)`` adds what the stage wrote but did not return (read from its files) before
-    the result is recorded; ``outputs(result)`` names the files the step produced: a recorded step whose files are
-    gone is not done."""
+    """One stage call. ``outputs(result)`` names the files the step produced (from what the stage returned): a
+    recorded step whose files are gone is not done."""
 
     id: str
     stage: str
@@ -218,7 +217,6 @@ class Step:
     fingerprint: str
     outputs: Callable[[dict], Iterable[str | os.PathLike]] = lambda result: ()
     title: str = ""
-    enrich: Callable[[dict], dict] | None = None
 
     def __post_init__(self) -> None:
         self.id = re.sub(r"[^A-Za-z0-9._-]+", "_", self.id)
@@ -376,8 +374,6 @@ class StepRunner:
         t0 = time.perf_counter()
         try:
             result = self.stage_runner(step.stage, cfg) or {}
-            if step.enrich is not None:
-                result = step.enrich(dict(result))
             artifacts = [str(Path(p)) for p in step.outputs(result)]
             missing = [p for p in artifacts if not Path(p).exists()]
             if missing:
