@@ -110,6 +110,25 @@ class Experiment:
         stem = path.stem.removeprefix("model.")
         return path.parent.name if stem == "model" else stem
 
+    def artifact_and_tag(self, explicit: str | None) -> tuple[Path, str]:
+        """The artifact the eval and infer stages run (``explicit`` if given, else :meth:`latest_model`) and a
+        folder-safe tag for their output: the model name, else the path inside the experiment with ``/`` -> ``-``
+        (``export-trained-model.288.384.int8``), else the file's stem."""
+        if not explicit:
+            return self.latest_model()
+        path = Path(os.path.expanduser(explicit)).resolve()
+        if not path.exists():
+            raise MissingArtifactError(f"artifact not found: {path}. Check the path given on the command line.")
+        from posekit.export.artifacts import check_complete_export
+
+        check_complete_export(path, self.root / "export")  # never a killed export's leftover
+        try:
+            rel = path.relative_to(self.root)
+            tag = "-".join((*rel.parent.parts, rel.stem))
+        except ValueError:
+            tag = path.stem
+        return path, tag
+
     def resolve(self, explicit: str | None, default: Path, what: str, hint: str) -> Path:
         """An explicit path if given (must exist), else ``default`` (must exist); errors say what to run."""
         if explicit:

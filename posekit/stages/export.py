@@ -89,7 +89,7 @@ def _int8(cfg: DictConfig, exp: Experiment, out: Path, fp32: Path, hw: tuple[int
     from posekit.export.calibration import CalibrationReader
     from posekit.export.quantize import calibrate, quantize_for_cpu, quantize_for_tensorrt, save_ranges
     from posekit.export.tensorrt import major, tensorrt_version
-    from posekit.stages.calibrate import prepare_calibration
+    from posekit.export.calibration_files import prepare_calibration
 
     ex, prec, cal = cfg.export, cfg.precision, cfg.precision.calibration
     data, records = prepare_calibration(cfg, exp)
