@@ -148,6 +148,36 @@ def test_steps_run_in_order_with_derived_configs_and_the_table_lists_every_artif
     assert "| model" in md and "int8.cpu" in md and "latency ms" in md
 
 
+class ReturnedOnly(FakeStages):
+    """Stages whose files only their return value names: train writes its model under an unusual name, export
+    writes no summary.json and names its ONNX outside the TAO scheme."""
+
+    def train(self, cfg, exp):
+        path = exp.dir("train") / "elsewhere.pt"
+        self._model(path, cfg)
+        return {"val/AP": 0.5, WRITTEN: [Artifact.torch_model(path, "trained").to_record()]}
+
+    def export(self, cfg, exp):
+        path = exp.dir("export", "mine") / "custom-name.onnx"
+        io.write_text(path, "onnx")
+        art = Artifact.from_file(path, precision="fp16", format="onnx", input_shape=[1, 3, 96, 64], model="mine",
+                                 source=str(cfg.export.model))
+        return {"parity_max_abs": 0.0, WRITTEN: [art.to_record()]}
+
+
+def test_the_pipeline_passes_on_the_artifacts_stages_return(tmp_path):
+    cfg = tiny_cfg(tmp_path, "pipeline.steps=[train,prune,export,eval]", "pipeline.precisions=[fp16]")
+    fake = ReturnedOnly()
+    run_pipeline(cfg, fake)
+    by_stage = {s: c for (s, _), c in zip(fake.calls, fake.configs)}
+    trained = Experiment(cfg).train_dir / "elsewhere.pt"
+    assert Path(by_stage["prune"].prune.model) == trained  # the path train returned, not train/model.pt
+    assert Path(by_stage["eval"].eval.artifact).name == "custom-name.onnx"  # no summary.json, no TAO name
+    row = next(r for r in summary_of(cfg)["rows"] if r["kind"] == "export")
+    assert (row["model"], row["format"], row["precision"], row["shape"]) == ("mine", "onnx", "fp16", "96x64")
+    assert row["label"] == "mine/custom-name.onnx"
+
+
 def test_a_second_run_skips_done_steps_and_a_change_reruns_only_what_depends_on_it(tmp_path):
     cfg = tiny_cfg(tmp_path)
     run_pipeline(cfg, FakeStages())
