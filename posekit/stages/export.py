@@ -28,6 +28,7 @@ from posekit.experiment import Experiment
 from posekit.export import artifacts as names
 from posekit.export.artifacts import WRITTEN, Artifact, artifact_record
 from posekit.export.onnx_export import input_shape
+from posekit.table import Column, text_table
 
 log = logging.getLogger("posekit.export")
 
@@ -188,13 +189,17 @@ def _fidelity(reference: tuple[np.ndarray, np.ndarray], path: Path, batch: np.nd
     return output_errors(reference, OrtBackend(path, device="cpu")(batch))
 
 
+def _size(size: int) -> str:
+    return f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
+
+
+ARTIFACT_COLUMNS = [Column("name", "artifact"), Column("precision", "precision"), Column("format", "format"),
+                    Column("size_bytes", "size", _size, numeric=True)]
+
+
 def format_artifacts(records: dict[str, dict]) -> str:
-    rows = [f"{'artifact':<36} {'precision':<9} {'format':<30} {'size':>10}"]
-    for rec in records.values():
-        size = rec["size_bytes"]
-        size_s = f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
-        rows.append(f"{Path(rec['path']).name:<36} {rec['precision']:<9} {rec['format']:<30} {size_s:>10}")
-    return "\n".join(rows)
+    """The export's files, one line each: name, precision, format, size."""
+    return text_table([{**rec, "name": Path(rec["path"]).name} for rec in records.values()], ARTIFACT_COLUMNS)
 
 
 # ------------------------------------------------------------------------------------------------ stage
