@@ -5,8 +5,8 @@
 
 Writes ``<experiment>/calibrate/images.txt`` (the selection, one path per line) and
 ``<experiment>/calibrate/calib.<H>.<W>.npz`` (the strict-preprocessed inputs, TAO's tensorfile). The export
-stage with ``precision=int8`` calls :func:`~posekit.export.calibration_files.prepare_calibration` itself and reuses both files while the
-selection settings, the images and the input size are unchanged.
+stage with ``precision=int8`` calls :func:`~posekit.export.calibration_files.prepare_calibration` itself and
+reuses both files while the selection settings, the images and the input size are unchanged.
 """
 
 from __future__ import annotations

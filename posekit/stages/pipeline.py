@@ -139,9 +139,17 @@ class Pipeline:
         artifact.precision = str(self.cfg.runtime.torch_precision)
         return Entry(artifact, "model", fp, self._eval_hw())
 
-    def _model_written(self, out: Outcome, expected: Path, name: str, fp: str) -> None:
-        """Make the model a model step returned the chain's latest (its record, from a step recorded before
-        stages returned what they wrote: the file the step is known to write)."""
+    def _run_model_step(self, step_id: str, stage: str, cfg: DictConfig, fp: str, expected: Path, name: str,
+                        title: str) -> None:
+        """Run a model step (train, prune, retrain) and make the model it returned the chain's latest. ``expected``
+        (the file the stage writes, named ``name``) stands in for a result that lists nothing: a step recorded
+        before stages returned what they wrote, or a stage that returned without writing (then the step fails)."""
+        def outputs(result: dict) -> list[Path]:
+            return _written_paths(result) or [expected]
+
+        out = self._run(Step(step_id, stage, cfg, self.layout.models, fp, outputs, title=title))
+        if not out.ok:
+            return self._producer_failed(stage, out)
         models = written(out.result) or [Artifact(expected, "fp32", "torch", model=name, source=expected)]
         entry = self._model_entry(models[0], fp)
         self.artifacts[entry.label] = entry
@@ -160,12 +168,7 @@ class Pipeline:
     def _step_train(self) -> None:
         cfg = derive(self.model_cfg, {"stage": "train"})
         fp = fingerprint(cfg, TRAIN_SECTIONS)
-        path = Experiment(cfg).trained_model
-        out = self._run(Step("train", "train", cfg, self.layout.models, fp, _written_paths, title="train"))
-        if out.ok:
-            self._model_written(out, path, "trained", fp)
-        else:
-            self._producer_failed("train", out)
+        self._run_model_step("train", "train", cfg, fp, Experiment(cfg).trained_model, "trained", "train")
 
     def _step_prune(self) -> None:
         src = self._input_model("prune", self.cfg.prune.model)
@@ -174,12 +177,8 @@ class Pipeline:
         cfg = derive(self.model_cfg, {"stage": "prune", "prune.model": str(src.path)})
         exp = Experiment(cfg)
         fp = fingerprint(cfg, PRUNE_SECTIONS, upstream=[src.fingerprint])
-        out = self._run(Step(f"prune-{exp.pth}", "prune", cfg, self.layout.models, fp, _written_paths,
-                             title=f"prune {src.label} at pth {exp.pth}"))
-        if out.ok:
-            self._model_written(out, exp.pruned_model(), f"pruned-{exp.pth}", fp)
-        else:
-            self._producer_failed("prune", out)
+        self._run_model_step(f"prune-{exp.pth}", "prune", cfg, fp, exp.pruned_model(), f"pruned-{exp.pth}",
+                             f"prune {src.label} at pth {exp.pth}")
 
     def _step_retrain(self) -> None:
         src = self._input_model("retrain", self.cfg.retrain.model)
@@ -188,12 +187,8 @@ class Pipeline:
         cfg = derive(self.model_cfg, {"stage": "retrain", "retrain.model": str(src.path)})
         exp = Experiment(cfg)
         fp = fingerprint(cfg, RETRAIN_SECTIONS, upstream=[src.fingerprint])
-        out = self._run(Step(f"retrain-{exp.pth}", "retrain", cfg, self.layout.models, fp, _written_paths,
-                             title=f"retrain {src.label}"))
-        if out.ok:
-            self._model_written(out, exp.retrained_model(), f"retrained-{exp.pth}", fp)
-        else:
-            self._producer_failed("retrain", out)
+        self._run_model_step(f"retrain-{exp.pth}", "retrain", cfg, fp, exp.retrained_model(),
+                             f"retrained-{exp.pth}", f"retrain {src.label}")
 
     # ------------------------------------------------------------------ output steps (per point in a sweep)
     def _precisions(self) -> list[str]:
