@@ -36,9 +36,9 @@ MAIN_METRIC = "parity_max_abs"  # ONNX Runtime vs torch, FP32 model (lower is be
 
 
 # ------------------------------------------------------------------------------------------------ inputs
-def source_and_tag(cfg: DictConfig, exp: Experiment) -> tuple[Path, str]:
-    """The model to export and its name (:meth:`~posekit.experiment.Experiment.model_name`), which is its folder's
-    name under ``export/``."""
+def model_to_export(cfg: DictConfig, exp: Experiment) -> tuple[Path, str]:
+    """The PyTorch model to export and its model name (:meth:`~posekit.experiment.Experiment.model_name`; the
+    export folder ``export/<model name>/``; ``tag`` in ``summary.json``'s ``source``)."""
     if not cfg.export.model:
         return exp.default_model("export")
     path = Path(os.path.expanduser(str(cfg.export.model))).resolve()
@@ -212,7 +212,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if ex.trt_int8_source not in ("qdq", "cache"):
         raise UserError(f"export.trt_int8_source={ex.trt_int8_source!r}: allowed values are ['qdq', 'cache']")
     exp = Experiment(cfg)
-    src, tag = source_and_tag(cfg, exp)
+    src, tag = model_to_export(cfg, exp)
     net, info = _load(src)
     hw = (int(cfg.model.input_shape[0]), int(cfg.model.input_shape[1]))
     out = exp.dir("export", tag)
