@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+
 def _num(fmt: str) -> Callable[[Any], str]:
     def f(v: Any) -> str:
         if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -36,6 +37,9 @@ def _text(v: Any) -> str:
 
 @dataclass(frozen=True)
 class Column:
+    """One column: the row ``key`` it shows, its ``header``, ``fmt`` (value -> cell text) and whether it is
+    ``numeric`` (right-aligned)."""
+
     key: str
     header: str
     fmt: Callable[[Any], str] = _text
@@ -43,6 +47,7 @@ class Column:
 
 
 def num(key: str, header: str, fmt: str) -> Column:
+    """A numeric column whose cells are ``format(value, fmt)`` (``—`` for None or NaN)."""
     return Column(key, header, _num(fmt), numeric=True)
 
 

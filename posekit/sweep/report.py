@@ -32,8 +32,8 @@ log = logging.getLogger("posekit.sweep")
 
 NOT_POINTS = {"shared", "report", ".submitit"}
 
-# --------------------------------------------------------------------------------------------- tables
 
+# --------------------------------------------------------------------------------------------- tables
 SWEEP_COLUMNS = [
     Column("point", "point"),
     Column("status", "status"),
