@@ -88,6 +88,47 @@ class Experiment:
             "first, or pass an explicit path (e.g. export.model=PATH / eval.artifact=PATH)."
         )
 
+    def default_model(self, stage: str) -> tuple[Path, str]:
+        """The one rule for the model a stage reads when none is given: prune reads the trained model, retrain the
+        pruned one, every other stage the latest (:meth:`latest_model`). Returns ``(path, model name)``; the
+        trained and pruned paths are returned whether or not they exist yet."""
+        if stage == "prune":
+            return self.trained_model, "trained"
+        if stage == "retrain":
+            return self.pruned_model(), f"pruned-{self.pth}"
+        return self.latest_model()
+
+    def model_name(self, path: Path) -> str:
+        """The short name of a PyTorch model file (:attr:`posekit.export.artifacts.Artifact.model`): ``trained``,
+        ``pruned-<pth>`` or ``retrained-<pth>`` for this experiment's own, else the file's stem without ``model.``
+        (its folder's name for a ``model.pt``)."""
+        path = Path(path).resolve()
+        known = {self.trained_model.resolve(): "trained", self.pruned_model().resolve(): f"pruned-{self.pth}",
+                 self.retrained_model().resolve(): f"retrained-{self.pth}"}
+        if path in known:
+            return known[path]
+        stem = path.stem.removeprefix("model.")
+        return path.parent.name if stem == "model" else stem
+
+    def artifact_and_tag(self, explicit: str | None) -> tuple[Path, str]:
+        """The artifact the eval and infer stages run (``explicit`` if given, else :meth:`latest_model`) and a
+        folder-safe tag for their output: the model name, else the path inside the experiment with ``/`` -> ``-``
+        (``export-trained-model.288.384.int8``), else the file's stem."""
+        if not explicit:
+            return self.latest_model()
+        path = Path(os.path.expanduser(explicit)).resolve()
+        if not path.exists():
+            raise MissingArtifactError(f"artifact not found: {path}. Check the path given on the command line.")
+        from posekit.export.artifacts import check_complete_export
+
+        check_complete_export(path, self.root / "export")  # never a killed export's leftover
+        try:
+            rel = path.relative_to(self.root)
+            tag = "-".join((*rel.parent.parts, rel.stem))
+        except ValueError:
+            tag = path.stem
+        return path, tag
+
     def resolve(self, explicit: str | None, default: Path, what: str, hint: str) -> Path:
         """An explicit path if given (must exist), else ``default`` (must exist); errors say what to run."""
         if explicit:
@@ -107,7 +148,7 @@ class Experiment:
         never overwritten by one of another input shape, dataset or runtime. Says so when it moves."""
         import logging
 
-        from posekit.sweep.chain import config_subset, digest, fingerprint
+        from posekit.chain import config_subset, digest, fingerprint
 
         folder = self.root / stage / tag
         try:

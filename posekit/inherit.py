@@ -172,7 +172,7 @@ def inherit(cfg: DictConfig, stage: str, root: Path, overrides: list[str] | None
                         _show(current[key]), _show(value))
             continue
         taken[key] = value
-    from posekit.sweep.chain import derive
+    from posekit.chain import derive
 
     out = derive(cfg, {**taken, "experiment.inherited_from": str(path)})
     if taken:

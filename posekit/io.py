@@ -51,8 +51,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 log = logging.getLogger(__name__)
 
 HOST_ID = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]  # which machine wrote a temporary file
-_TEMP = re.compile(r"^\..*\.tmp-(\d+)-([0-9a-f]{8})-[^/]*$")  # atomic_path's temporary names
-_LEGACY_TEMP = re.compile(r"^\..*\.[A-Za-z0-9_]{8}\.tmp(\.[^.]+)?$")  # names of posekit versions before the pid
+_TEMP = r"\..*\.tmp-(\d+)-([0-9a-f]{8})-[^/]*"  # atomic_path's temporary names
+_LEGACY_TEMP = r"\..*\.[A-Za-z0-9_]{8}\.tmp(\.[^.]+)?"  # names of posekit versions before the pid
 FOREIGN_AGE_S = 24 * 3600  # a temporary file of another machine (shared disk) is stale after a day untouched
 
 
@@ -75,8 +75,8 @@ def stale_temp_files(root: str | os.PathLike) -> list[Path]:
         for name in files:
             if not name.startswith("."):
                 continue
-            m = _TEMP.match(name)
-            if m is None and not _LEGACY_TEMP.match(name):
+            m = re.fullmatch(_TEMP, name)
+            if m is None and not re.fullmatch(_LEGACY_TEMP, name):
                 continue
             path = Path(folder) / name
             if m is not None and m.group(2) == HOST_ID:

@@ -1,4 +1,4 @@
-"""The pipeline stage and its step chain (posekit.stages.pipeline, posekit.sweep.chain).
+"""The pipeline stage and its step chain (posekit.stages.pipeline, posekit.chain).
 
 Unit tests run the real Pipeline with fake stages (files written the way the real stages write them), so they
 check ordering, derived configs, records, skipping, failure handling and locking in seconds. The CLI test runs
@@ -17,11 +17,12 @@ import pytest
 from omegaconf import DictConfig
 
 from posekit import io
+from posekit.chain import TRAIN_SECTIONS, ChainLayout, Step, StepRunner, derive, fingerprint, model_key
 from posekit.errors import UserError
 from posekit.experiment import Experiment
+from posekit.export.artifacts import WRITTEN, Artifact
 from posekit.model import BpNetLite, save_model
 from posekit.stages.pipeline import Pipeline, PipelineError, check_single_process
-from posekit.sweep.chain import ChainLayout, Step, StepRunner, derive, fingerprint, model_key, TRAIN_SECTIONS
 from tests.conftest import compose, run_cli
 
 
@@ -56,20 +57,21 @@ class FakeStages:
     def train(self, cfg, exp):
         exp.dir("train")
         self._model(exp.trained_model, cfg)
-        return {"val/AP": 0.5}
+        return {"val/AP": 0.5, WRITTEN: [Artifact.torch_model(exp.trained_model, "trained").to_record()]}
 
     def prune(self, cfg, exp):
         self._model(exp.pruned_model(), cfg)
-        return {"params_ratio": 0.5, "flops_ratio": 0.4}
+        return {"params_ratio": 0.5, "flops_ratio": 0.4,
+                WRITTEN: [Artifact.torch_model(exp.pruned_model(), f"pruned-{exp.pth}").to_record()]}
 
     def retrain(self, cfg, exp):
         self._model(exp.retrained_model(), cfg)
-        return {"val/AP": 0.45}
+        return {"val/AP": 0.45, WRITTEN: [Artifact.torch_model(exp.retrained_model(), f"retrained-{exp.pth}")
+                                          .to_record()]}
 
     def export(self, cfg, exp):
-        from posekit.stages.export import source_and_tag
-
-        _, tag = source_and_tag(cfg, exp)
+        src = Path(str(cfg.export.model))
+        tag = exp.model_name(src)
         out = exp.dir("export", tag)
         h, w = (int(v) for v in cfg.model.input_shape)
         prec = cfg.precision.name.value
@@ -81,9 +83,9 @@ class FakeStages:
         records = {}
         for key, (name, p) in files.items():
             io.write_text(out / name, f"{name} from {cfg.export.model}")
-            records[key] = {"path": str(out / name), "precision": p, "format": "onnx"}
-        exp.write_summary(out, "export", artifacts=records)
-        return {"parity_max_abs": 0.0, "artifacts": len(records)}
+            records[key] = Artifact.from_file(out / name, precision=p, format="onnx", model=tag, source=src)
+        exp.write_summary(out, "export", artifacts={k: a.to_record() for k, a in records.items()})
+        return {"parity_max_abs": 0.0, "artifacts": len(records), WRITTEN: [a.to_record() for a in records.values()]}
 
     def eval(self, cfg, exp):
         name = Path(str(cfg.eval.artifact)).name
@@ -95,7 +97,7 @@ class FakeStages:
                  "network": {"median_ms": 1.0 + i, "throughput_ips": 1000 / (1.0 + i)},
                  "end_to_end": {"median_ms": 2.0 + i}} for i, a in enumerate(cfg.bench.artifacts)]
         io.write_json(exp.dir("bench") / "bench.json", {"rows": rows, "skipped": {}})
-        return {"latency_ms": 1.0}
+        return {"latency_ms": 1.0, "timings": {"rows": rows, "skipped": {}}}
 
 
 def tiny_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
@@ -144,6 +146,36 @@ def test_steps_run_in_order_with_derived_configs_and_the_table_lists_every_artif
     assert summary["status"] == "ok" and all(s["status"] == "ran" for s in summary["steps"])
     md = (exp.root / "pipeline" / "pipeline.md").read_text()
     assert "| model" in md and "int8.cpu" in md and "latency ms" in md
+
+
+class ReturnedOnly(FakeStages):
+    """Stages whose files only their return value names: train writes its model under an unusual name, export
+    writes no summary.json and names its ONNX outside the TAO scheme."""
+
+    def train(self, cfg, exp):
+        path = exp.dir("train") / "elsewhere.pt"
+        self._model(path, cfg)
+        return {"val/AP": 0.5, WRITTEN: [Artifact.torch_model(path, "trained").to_record()]}
+
+    def export(self, cfg, exp):
+        path = exp.dir("export", "mine") / "custom-name.onnx"
+        io.write_text(path, "onnx")
+        art = Artifact.from_file(path, precision="fp16", format="onnx", input_shape=[1, 3, 96, 64], model="mine",
+                                 source=str(cfg.export.model))
+        return {"parity_max_abs": 0.0, WRITTEN: [art.to_record()]}
+
+
+def test_the_pipeline_passes_on_the_artifacts_stages_return(tmp_path):
+    cfg = tiny_cfg(tmp_path, "pipeline.steps=[train,prune,export,eval]", "pipeline.precisions=[fp16]")
+    fake = ReturnedOnly()
+    run_pipeline(cfg, fake)
+    by_stage = {s: c for (s, _), c in zip(fake.calls, fake.configs)}
+    trained = Experiment(cfg).train_dir / "elsewhere.pt"
+    assert Path(by_stage["prune"].prune.model) == trained  # the path train returned, not train/model.pt
+    assert Path(by_stage["eval"].eval.artifact).name == "custom-name.onnx"  # no summary.json, no TAO name
+    row = next(r for r in summary_of(cfg)["rows"] if r["kind"] == "export")
+    assert (row["model"], row["format"], row["precision"], row["shape"]) == ("mine", "onnx", "fp16", "96x64")
+    assert row["label"] == "mine/custom-name.onnx"
 
 
 def test_a_second_run_skips_done_steps_and_a_change_reruns_only_what_depends_on_it(tmp_path):

@@ -157,3 +157,18 @@ def _plain_history(history: list | None) -> list | None:
     if history is None:
         return None
     return [[str(name), bool(is_out), [int(i) for i in idxs]] for name, is_out, idxs in history]
+
+
+def load_model_for_stage(path: str | os.PathLike, option: str) -> tuple[BpNetLite, dict]:
+    """:func:`load_model` for a stage's input given by ``option`` (``prune.model``, ``export.model``): returns
+    ``(model in eval mode, info)``; a missing file raises :class:`MissingArtifactError`, any other failure to read it
+    a :class:`UserError` that names the option to fix."""
+    try:
+        return load_model(path)
+    except FileNotFoundError as e:
+        raise MissingArtifactError(str(e)) from e
+    except (ValueError, KeyError, AttributeError, RuntimeError, OSError, EOFError, pickle.UnpicklingError) as e:
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise UserError(f"cannot load {path} as a posekit model ({reason}); pass {option}=PATH to a model file "
+                        "(train/model.pt, prune/model.pruned-<pth>.pt, retrain/.../model.pt) or a Lightning "
+                        ".ckpt") from e

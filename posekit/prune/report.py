@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from posekit.model.bpnet import count_parameters
+from posekit.table import Column, text_table
 
 OPS_NOTE = "conv multiply-accumulates at input_hw, batch 1 (BN/ReLU/bias/concat not counted); FLOPs = 2 x MACs"
 
@@ -109,22 +110,26 @@ def pruning_report(
     }
 
 
+LAYER_COLUMNS = [Column("name", "layer"), Column("kernel", "k", numeric=True), Column("in", "in"),
+                 Column("out", "out"), Column("params", "params", numeric=True), Column("macs", "MMACs", numeric=True),
+                 Column("note", "note", str)]
+
+
 def format_table(report: Mapping[str, Any]) -> str:
     """The report as a fixed-width text table (one row per conv, then the totals)."""
-    rows = report["layers"]
-    w = max([len("layer")] + [len(r["name"]) for r in rows])
-    head = f"{'layer':<{w}}  {'k':>3}  {'in':>10}  {'out':>10}  {'params':>22}  {'MMACs':>18}  note"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(
-            f"{r['name']:<{w}}  {r['kernel']:>3}  {r['in_before']:>4}->{r['in_after']:<4}  "
-            f"{r['out_before']:>4}->{r['out_after']:<4}  {r['params_before']:>10,}->{r['params_after']:<10,}  "
-            f"{r['macs_before'] / 1e6:>8.1f}->{r['macs_after'] / 1e6:<8.1f}  {r['note']}"
-        )
+    cells = [{
+        "name": r["name"], "kernel": r["kernel"], "in": f"{r['in_before']}->{r['in_after']}",
+        "out": f"{r['out_before']}->{r['out_after']}", "params": f"{r['params_before']:,}->{r['params_after']:,}",
+        "macs": f"{r['macs_before'] / 1e6:.1f}->{r['macs_after'] / 1e6:.1f}", "note": r["note"],
+    } for r in report["layers"]]
+    table = text_table(cells, LAYER_COLUMNS, sep="  ")
+    head, *body = table.splitlines()
+    rule = "-" * len(head)
+    lines = [head, rule, *body]
     t = report["totals"]
     h, wd = report["input_hw"]
     lines += [
-        "-" * len(head),
+        rule,
         f"parameters (trainable): {t['params']['before']:,} -> {t['params']['after']:,} "
         f"({100 * t['params']['ratio']:.1f} %)",
         f"parameters (Keras/TAO count, + BN running stats): {t['keras_params']['before']:,} -> "

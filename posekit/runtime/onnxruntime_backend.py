@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from posekit.errors import UserError
+from posekit.export.artifacts import precision_from_name
 from posekit.runtime.backends import Backend
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -71,7 +72,7 @@ class OrtBackend(Backend):
         self.meta: dict[str, Any] = {
             "path": str(self.path),
             "format": "onnx",
-            "precision": meta.get("posekit.precision", _precision_from_name(self.path.name)),
+            "precision": meta.get("posekit.precision", precision_from_name(self.path.name) or "fp32"),
             "data_format": "channels_last" if self.channels_last else "channels_first",
             "providers": self.session.get_providers(),
             "input_shape": shape,
@@ -140,10 +141,3 @@ def _setting(cfg: Any, key: str, default: Any) -> Any:
     if cfg is None:
         return default
     return cfg.get(key, default) if isinstance(cfg, Mapping) else getattr(cfg, key, default)
-
-
-def _precision_from_name(name: str) -> str:
-    for p in ("int8", "fp16", "fp32"):
-        if f".{p}." in name:
-            return p
-    return "fp32"

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from posekit.errors import UserError
+from posekit.export.artifacts import precision_from_name
 from posekit.runtime.backends import Backend
 
 
@@ -66,7 +67,7 @@ class TrtBackend(Backend):
         self.meta: dict[str, Any] = {
             "path": str(self.path),
             "format": "tensorrt",
-            "precision": _precision_from_name(self.path.name),
+            "precision": precision_from_name(self.path.name) or "unknown",
             "tensorrt": trt.__version__,
             "device": torch.cuda.get_device_name(self.device),
             "input_shape": shape,
@@ -158,10 +159,3 @@ def _paf_factor(name: str) -> int:
     """``pafs_x4 -> 4`` (posekit's deployable model names its upsampled PAF output this way)."""
     tail = name.rsplit("_x", 1)
     return int(tail[1]) if len(tail) == 2 and tail[1].isdigit() else 1
-
-
-def _precision_from_name(name: str) -> str:
-    for p in ("int8", "fp16", "fp32"):
-        if f".{p}." in name:
-            return p
-    return "unknown"

@@ -31,6 +31,7 @@ from posekit import io
 from posekit.errors import UserError
 from posekit.experiment import Experiment
 from posekit.runtime.timing import summarize, time_calls
+from posekit.table import Column, markdown_table, num
 
 log = logging.getLogger("posekit.bench")
 
@@ -43,12 +44,12 @@ ARTIFACT_PATTERNS = ("model.*.onnx", "model.*.engine")
 def default_artifacts(exp: Experiment) -> list[Path]:
     """The experiment's exported models that a finished export recorded (deployable ONNX excluded: it is
     DeepStream's; a killed export's leftovers excluded), else its latest model."""
-    from posekit.export.artifacts import recorded_artifacts
+    from posekit.export.artifacts import is_runnable, recorded_artifacts
 
     found, partial = [], []
     for folder in sorted(p for p in exp.root.glob("export/*") if p.is_dir()):
         complete = recorded_artifacts(folder)
-        for p in sorted(q for pattern in ARTIFACT_PATTERNS for q in folder.glob(pattern) if ".deploy." not in q.name):
+        for p in sorted(q for pattern in ARTIFACT_PATTERNS for q in folder.glob(pattern) if is_runnable(q)):
             (found if p.name in complete else partial).append(p)
     if partial:
         log.warning("bench: skipping %d file(s) of unfinished exports (not in their summary*.json): %s",
@@ -138,25 +139,40 @@ def bench_artifact(cfg: DictConfig, path: Path, skeleton: Any, images: list[np.n
 
 
 # ------------------------------------------------------------------------------------------------ report
+BENCH_COLUMNS = [
+    Column("name", "artifact"),
+    Column("backend", "backend"),
+    Column("precision", "precision"),
+    Column("device", "device"),
+    Column("input", "input"),
+    Column("batch", "batch", numeric=True),
+    num("net_median_ms", "net median ms", ".2f"),
+    num("net_p90_ms", "net p90 ms", ".2f"),
+    num("net_ips", "net img/s", ".1f"),
+    num("e2e_median_ms", "e2e median ms", ".2f"),
+    num("e2e_p90_ms", "e2e p90 ms", ".2f"),
+    num("e2e_ips", "e2e img/s", ".1f"),
+    Column("split", "e2e pre / net / decode ms"),
+]
+
+
 def format_table(rows: list[dict]) -> str:
     """Markdown table, one line per artifact x batch size. The last column splits the end-to-end median into its
     parts (each part's own median: preprocess, network with its host transfers, decode), so a slow stream shows
     where its time goes without opening bench.json."""
-    head = ("| artifact | backend | precision | device | input | batch | net median ms | net p90 ms | net img/s "
-            "| e2e median ms | e2e p90 ms | e2e img/s | e2e pre / net / decode ms |")
-    lines = [head, "|" + "---|" * 13]
+    flat = []
     for r in rows:
-        n, e = r["network"], r.get("end_to_end")
-        e2e = (f"{e['median_ms']:.2f} | {e['p90_ms']:.2f} | {e['throughput_ips']:.1f}" if e else "- | - | -")
-        parts = (e or {}).get("breakdown_median_ms")
-        split = (" / ".join(f"{parts[k]:.2f}" for k in ("preprocess_ms", "network_ms", "decode_ms"))
-                 if parts else "-")
-        lines.append(
-            f"| {r['name']} | {r['backend']} | {r['precision']} | {r['device']} | {r['input_hw'][0]}x{r['input_hw'][1]}"
-            f" | {r['batch']} | {n['median_ms']:.2f} | {n['p90_ms']:.2f} | {n['throughput_ips']:.1f} | {e2e}"
-            f" | {split} |"
-        )
-    return "\n".join(lines)
+        n, e = r["network"], r.get("end_to_end") or {}
+        parts = e.get("breakdown_median_ms")
+        flat.append({
+            "name": r["name"], "backend": r["backend"], "precision": r["precision"], "device": r["device"],
+            "input": f"{r['input_hw'][0]}x{r['input_hw'][1]}", "batch": r["batch"],
+            "net_median_ms": n["median_ms"], "net_p90_ms": n["p90_ms"], "net_ips": n["throughput_ips"],
+            "e2e_median_ms": e.get("median_ms"), "e2e_p90_ms": e.get("p90_ms"), "e2e_ips": e.get("throughput_ips"),
+            "split": " / ".join(f"{parts[k]:.2f}" for k in ("preprocess_ms", "network_ms", "decode_ms"))
+            if parts else None,
+        })
+    return markdown_table(flat, BENCH_COLUMNS)
 
 
 def machine() -> dict[str, Any]:
@@ -221,4 +237,5 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     exp.write_summary(out, "bench", artifacts={"bench_json": out / "bench.json", "bench_md": out / "bench.md"},
                       metrics=metrics, machine=host, skipped=skipped)
     print(table, flush=True)
-    return metrics
+    # the rows go back to the caller too: the pipeline pairs them with its artifacts without re-reading bench.json
+    return {**metrics, "timings": {"rows": rows, "skipped": skipped}}

@@ -14,14 +14,12 @@ tag gets the setting's hash (``trained-1a2b3c4d``) instead of overwriting it.
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from posekit import io
-from posekit.errors import MissingArtifactError
 from posekit.experiment import Experiment
+from posekit.runtime.configured import build_predictor
 from posekit.skeleton import Skeleton
 
 log = logging.getLogger("posekit.eval")
@@ -35,39 +33,13 @@ RESULT_EXCLUDE = ("data.batch_size", "data.memory_batches", "data.targets_on_dev
                   "data.train_images", "runtime.device", "runtime.ort_threads", "runtime.cuda_graphs")
 
 
-def artifact_and_tag(exp: Experiment, explicit: str | None) -> tuple[Path, str]:
-    """The artifact to run (``explicit`` if given, else the experiment's latest model) and a folder-safe tag."""
-    if not explicit:
-        return exp.latest_model()
-    path = Path(os.path.expanduser(explicit)).resolve()
-    if not path.exists():
-        raise MissingArtifactError(f"artifact not found: {path}. Check the path given on the command line.")
-    from posekit.export.artifacts import check_complete_export
-
-    check_complete_export(path, exp.root / "export")  # never a killed export's leftover
-    try:
-        rel = path.relative_to(exp.root)
-        tag = "-".join((*rel.parent.parts, rel.stem))
-    except ValueError:
-        tag = path.stem
-    return path, tag
-
-
-def build_predictor(cfg: DictConfig, artifact: Path, skeleton: Skeleton):
-    """Backend for ``artifact`` + the configured preprocessing, test-time augmentation and decoder."""
-    from posekit.runtime import Predictor, load_backend
-
-    backend = load_backend(artifact, cfg.runtime)
-    return Predictor(backend, skeleton, cfg.codec, cfg.runtime, tuple(cfg.model.input_shape))
-
-
 def run(cfg: DictConfig) -> dict:
     from posekit.data.paths import resolve_data
     from posekit.evaluate import evaluate
 
     skeleton = Skeleton.from_cfg(OmegaConf.to_container(cfg.keypoints, resolve=True))
     exp = Experiment(cfg)
-    artifact, tag = artifact_and_tag(exp, cfg.eval.artifact)
+    artifact, tag = exp.artifact_and_tag(cfg.eval.artifact)
     tag = cfg.eval.tag or tag
     out, tag = exp.result_folder("eval", tag, RESULT_SECTIONS, RESULT_EXCLUDE)
     predictor = build_predictor(cfg, artifact, skeleton)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,9 @@ from omegaconf import DictConfig
 from posekit.errors import MissingArtifactError, UserError
 from posekit.experiment import Experiment
 from posekit.export import artifacts as names
-from posekit.export.artifacts import artifact_record
+from posekit.export.artifacts import WRITTEN, Artifact, artifact_record
 from posekit.export.onnx_export import input_shape
+from posekit.table import Column, text_table
 
 log = logging.getLogger("posekit.export")
 
@@ -36,19 +36,15 @@ MAIN_METRIC = "parity_max_abs"  # ONNX Runtime vs torch, FP32 model (lower is be
 
 
 # ------------------------------------------------------------------------------------------------ inputs
-def source_and_tag(cfg: DictConfig, exp: Experiment) -> tuple[Path, str]:
-    """The model to export and its folder name under ``export/``."""
+def model_to_export(cfg: DictConfig, exp: Experiment) -> tuple[Path, str]:
+    """The PyTorch model to export and its model name (:meth:`~posekit.experiment.Experiment.model_name`; the
+    export folder ``export/<model name>/``; ``tag`` in ``summary.json``'s ``source``)."""
     if not cfg.export.model:
-        return exp.latest_model()
+        return exp.default_model("export")
     path = Path(os.path.expanduser(str(cfg.export.model))).resolve()
     if not path.is_file():
         raise MissingArtifactError(f"export.model not found: {path}. Check the path given on the command line.")
-    known = {exp.trained_model.resolve(): "trained", exp.pruned_model().resolve(): f"pruned-{exp.pth}",
-             exp.retrained_model().resolve(): f"retrained-{exp.pth}"}
-    if path in known:
-        return path, known[path]
-    stem = path.stem.removeprefix("model.")
-    return path, (path.parent.name if stem == "model" else stem)
+    return path, exp.model_name(path)
 
 
 def validation_inputs(cfg: DictConfig, input_hw: tuple[int, int], count: int) -> np.ndarray | None:
@@ -80,16 +76,10 @@ def validation_inputs(cfg: DictConfig, input_hw: tuple[int, int], count: int) ->
 
 
 def _load(path: Path):
-    from posekit.model import FinalStage, load_model
+    from posekit.model import FinalStage
+    from posekit.model.io import load_model_for_stage
 
-    try:
-        model, info = load_model(path)
-    except FileNotFoundError as e:
-        raise MissingArtifactError(str(e)) from e
-    except (ValueError, KeyError, AttributeError, RuntimeError, OSError, EOFError, pickle.UnpicklingError) as e:
-        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise UserError(f"cannot load {path} as a posekit model ({reason}); pass export.model=PATH to a model file "
-                        "(train/model.pt, prune/model.pruned-<pth>.pt, retrain/.../model.pt) or a .ckpt") from e
+    model, info = load_model_for_stage(path, "export.model")
     return FinalStage(model).eval(), info
 
 
@@ -100,7 +90,7 @@ def _int8(cfg: DictConfig, exp: Experiment, out: Path, fp32: Path, hw: tuple[int
     from posekit.export.calibration import CalibrationReader
     from posekit.export.quantize import calibrate, quantize_for_cpu, quantize_for_tensorrt, save_ranges
     from posekit.export.tensorrt import major, tensorrt_version
-    from posekit.stages.calibrate import prepare_calibration
+    from posekit.export.calibration_files import prepare_calibration
 
     ex, prec, cal = cfg.export, cfg.precision, cfg.precision.calibration
     data, records = prepare_calibration(cfg, exp)
@@ -199,13 +189,17 @@ def _fidelity(reference: tuple[np.ndarray, np.ndarray], path: Path, batch: np.nd
     return output_errors(reference, OrtBackend(path, device="cpu")(batch))
 
 
+def _size(size: int) -> str:
+    return f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
+
+
+ARTIFACT_COLUMNS = [Column("name", "artifact"), Column("precision", "precision"), Column("format", "format"),
+                    Column("size_bytes", "size", _size, numeric=True)]
+
+
 def format_artifacts(records: dict[str, dict]) -> str:
-    rows = [f"{'artifact':<36} {'precision':<9} {'format':<30} {'size':>10}"]
-    for rec in records.values():
-        size = rec["size_bytes"]
-        size_s = f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
-        rows.append(f"{Path(rec['path']).name:<36} {rec['precision']:<9} {rec['format']:<30} {size_s:>10}")
-    return "\n".join(rows)
+    """The export's files, one line each: name, precision, format, size."""
+    return text_table([{**rec, "name": Path(rec["path"]).name} for rec in records.values()], ARTIFACT_COLUMNS)
 
 
 # ------------------------------------------------------------------------------------------------ stage
@@ -218,7 +212,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if ex.trt_int8_source not in ("qdq", "cache"):
         raise UserError(f"export.trt_int8_source={ex.trt_int8_source!r}: allowed values are ['qdq', 'cache']")
     exp = Experiment(cfg)
-    src, tag = source_and_tag(cfg, exp)
+    src, tag = model_to_export(cfg, exp)
     net, info = _load(src)
     hw = (int(cfg.model.input_shape[0]), int(cfg.model.input_shape[1]))
     out = exp.dir("export", tag)
@@ -273,4 +267,4 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     print(format_artifacts(records), flush=True)
     print(f"parity (ONNX Runtime vs torch, FP32): max |diff| {parity_max:.2e} "
           f"(inputs: {', '.join(parity)}) -> {out}", flush=True)
-    return metrics
+    return {**metrics, WRITTEN: [Artifact.from_record(r, model=tag, source=src).to_record() for r in records.values()]}

@@ -31,7 +31,7 @@ from posekit.data.images import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from posekit.errors import MissingArtifactError, UserError
 from posekit.experiment import Experiment
 from posekit.skeleton import Skeleton
-from posekit.stages.eval import artifact_and_tag, build_predictor
+from posekit.runtime.configured import build_predictor
 
 log = logging.getLogger("posekit.infer")
 
@@ -160,7 +160,7 @@ def run(cfg: DictConfig) -> dict:
     kind, files = input_files(src)
     skeleton = Skeleton.from_cfg(OmegaConf.to_container(cfg.keypoints, resolve=True))
     exp = Experiment(cfg)
-    artifact, tag = artifact_and_tag(exp, cfg.infer.artifact)
+    artifact, tag = exp.artifact_and_tag(cfg.infer.artifact)
     name = src.name if src.is_dir() else src.stem
     if cfg.infer.output:  # checked before any work: results that cannot be written are lost
         out = io.ensure_writable(Path(os.path.expanduser(str(cfg.infer.output))).resolve(), "infer.output")

@@ -8,15 +8,15 @@ its per-threshold copy ``summary-<pth>.json`` (per-layer channels, parameters, F
 from __future__ import annotations
 
 import logging
-import pickle
 from typing import Any
 
 from omegaconf import DictConfig
 
 from posekit import io
-from posekit.errors import UserError
 from posekit.experiment import Experiment, pth_tag
-from posekit.model import load_model, save_model
+from posekit.export.artifacts import WRITTEN, Artifact
+from posekit.model import save_model
+from posekit.model.io import load_model_for_stage
 from posekit.prune import PruneSettings, check_excluded_layers, format_table, prune_model
 from posekit.prune.threshold import groups_at_floor
 
@@ -30,19 +30,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     exp = Experiment(cfg)
     source = exp.resolve(
         cfg.prune.model,
-        exp.trained_model,
+        exp.default_model("prune")[0],
         "model to prune",
         f"Run `python launch.py stage=train experiment.name={cfg.experiment.name}` first, "
         "or pass prune.model=PATH (a posekit .pt model file or a Lightning .ckpt).",
     )
-    try:
-        model, info = load_model(source)
-    except (ValueError, KeyError, AttributeError, RuntimeError, OSError, EOFError, pickle.UnpicklingError) as e:
-        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise UserError(
-            f"cannot read {source} as a model ({reason}). Pass prune.model=PATH to a posekit model file "
-            "(train/model.pt, prune/model.pruned-<pth>.pt, retrain/.../model.pt) or a Lightning checkpoint."
-        ) from e
+    model, info = load_model_for_stage(source, "prune.model")
     check_excluded_layers(model, settings.excluded_layers)
     input_hw = [int(v) for v in cfg.model.input_shape]
 
@@ -93,4 +86,4 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     io.write_json(folder / f"summary-{pth_tag(settings.pth)}.json", io.read_json(summary))
     log.info("wrote %s (%.1f %% of the parameters)", out, 100 * metrics["params_ratio"])
     print(f"pruned model: {out}", flush=True)
-    return metrics
+    return {**metrics, WRITTEN: [Artifact.torch_model(out, f"pruned-{exp.pth}").to_record()]}

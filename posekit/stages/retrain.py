@@ -19,10 +19,11 @@ from omegaconf import DictConfig
 
 from posekit.errors import UserError
 from posekit.experiment import Experiment
+from posekit.export.artifacts import WRITTEN, Artifact
 from posekit.model.io import load_model
-from posekit.stages.train import report, stage_metrics
 from posekit.train.fit import fit
 from posekit.train.module import PoseModule, plain
+from posekit.train.results import report, stage_metrics
 
 log = logging.getLogger("posekit.train")
 
@@ -33,7 +34,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     exp = Experiment(cfg)
     source = exp.resolve(
         cfg.retrain.model,
-        exp.pruned_model(),
+        exp.default_model("retrain")[0],
         "pruned model",
         f"Run `python launch.py stage=prune prune.pth={cfg.prune.pth} experiment.name={cfg.experiment.name}` "
         "first, or pass retrain.model=PATH.",
@@ -86,4 +87,4 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         resumed_from=str(result.resumed_from) if result.resumed_from else None,
     )
     report("retrain", result, metrics)
-    return metrics
+    return {**metrics, WRITTEN: [Artifact.torch_model(result.model_path, f"retrained-{exp.pth}").to_record()]}

@@ -13,9 +13,11 @@ from typing import Any
 from omegaconf import DictConfig
 
 from posekit.experiment import Experiment
+from posekit.export.artifacts import WRITTEN, Artifact
 from posekit.skeleton import Skeleton
-from posekit.train.fit import FitResult, fit
+from posekit.train.fit import fit
 from posekit.train.module import PoseModule, plain
+from posekit.train.results import report, stage_metrics
 
 log = logging.getLogger("posekit.train")
 
@@ -33,36 +35,6 @@ def arch_from_config(cfg: DictConfig, skeleton: Skeleton) -> dict[str, Any]:
     if cfg.model.refinement_bn:  # recorded only when on (BpNetLite.arch), so TAO-architecture records stay as they were
         arch["refinement_bn"] = True
     return arch
-
-
-def stage_metrics(result: FitResult) -> dict[str, Any]:
-    """The figures a train/retrain stage returns (``val/AP`` is the main metric; None when not computed)."""
-    f = result.figures
-    return {
-        "val/AP": f.get("best_val_AP"),
-        "train/loss": f.get("final_train_loss"),
-        "train/loss_first_epoch": f.get("first_epoch_train_loss"),
-        "train/images_per_s": f.get("images_per_s"),
-        "epochs": f.get("epochs"),
-        "global_step": f.get("global_step"),
-        "planned_steps": f.get("planned_steps"),
-        "stopped_early": f.get("stopped_early"),  # "max_time" | "interrupted" | None (the schedule completed)
-        "skipped_steps": (f.get("guard") or {}).get("skipped_steps"),
-        "replaced_samples": (f.get("data") or {}).get("replaced_samples"),  # unreadable images met by the loader
-        "dropped_annotations": (f.get("data") or {}).get("dropped_annotations"),  # non-finite, at load
-        "max_loss_ratio": (f.get("guard") or {}).get("max_loss_ratio"),  # after the warm-up, vs the running median
-        "train_wall_s": f.get("train_wall_s"),
-        "startup_s": round(sum(f["startup"].values()), 1) if f.get("startup") else None,
-    }
-
-
-def report(stage: str, result: FitResult, metrics: dict[str, Any]) -> None:
-    def fmt(v: Any) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    lines = [f"{stage}: {result.model_path} ({result.weights} weights, monitor {result.monitor})"]
-    lines += [f"  {k:<24} {fmt(v)}" for k, v in metrics.items()]
-    print("\n".join(lines), flush=True)
 
 
 def module_factory(cfg: DictConfig) -> tuple[Callable[[], PoseModule], dict[str, Any]]:
@@ -104,4 +76,4 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         resumed_from=str(result.resumed_from) if result.resumed_from else None,
     )
     report("train", result, metrics)
-    return metrics
+    return {**metrics, WRITTEN: [Artifact.torch_model(result.model_path, "trained").to_record()]}

@@ -1,15 +1,14 @@
 """Multirun sweeps over the model chain (docs/sweeps.md).
 
-    chain.py    steps that run once across jobs: config fingerprints, step records, file locks, the shared-model
-                layout of a sweep (``ChainLayout``); the pipeline stage runs every chain through it
+The step chain every pipeline runs through (fingerprints, step records, locks, the shared-model layout of a
+sweep) is :mod:`posekit.chain`.
+
     report.py   a sweep folder -> ``report/sweep.csv``, ``sweep.md``, ``pareto.png`` (AP vs latency);
                 ``python -m posekit.sweep.report DIR`` and the ``SweepReportCallback`` sweeps end with
     slurm_single_node.sh   a throw-away single-node SLURM cluster (tests/test_slurm.py; docs/slurm.md)
 """
 
 from typing import Any
-
-from posekit.sweep.chain import ChainLayout, Outcome, Step, StepRunner, fingerprint, model_key
 
 _REPORT = ("SweepReportCallback", "collect", "pareto_front", "write_report")
 
@@ -23,4 +22,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["ChainLayout", "Outcome", "Step", "StepRunner", "fingerprint", "model_key", *_REPORT]
+__all__ = [*_REPORT]

@@ -18,8 +18,7 @@ import io as _io
 import logging
 import math
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from posekit import io
+from posekit.table import METRIC_COLUMNS, Column, markdown_table, num
 
 log = logging.getLogger("posekit.sweep")
 
@@ -34,66 +34,6 @@ NOT_POINTS = {"shared", "report", ".submitit"}
 
 
 # --------------------------------------------------------------------------------------------- tables
-def _num(fmt: str) -> Callable[[Any], str]:
-    def f(v: Any) -> str:
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return "—"
-        return format(v, fmt)
-
-    return f
-
-
-def _ap(v: Any) -> str:
-    """COCO writes -1 for an area range without ground truth (e.g. APl on small images): show it as n/a."""
-    return "n/a" if isinstance(v, (int, float)) and v < 0 else _num(".3f")(v)
-
-
-def _millions(v: Any) -> str:
-    return "—" if v is None else f"{v / 1e6:.2f}M"
-
-
-def _text(v: Any) -> str:
-    return "—" if v is None or v == "" else str(v)
-
-
-@dataclass(frozen=True)
-class Column:
-    key: str
-    header: str
-    fmt: Callable[[Any], str] = _text
-    numeric: bool = False
-
-
-def num(key: str, header: str, fmt: str) -> Column:
-    return Column(key, header, _num(fmt), numeric=True)
-
-
-def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> str:
-    """A pipe table with padded columns (numbers right-aligned): valid Markdown that also reads in a terminal."""
-    cells = [[c.fmt(r.get(c.key)) for c in columns] for r in rows]
-    widths = [max([len(c.header)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-
-    def line(values: Sequence[str]) -> str:
-        return "| " + " | ".join(
-            v.rjust(w) if c.numeric else v.ljust(w) for v, w, c in zip(values, widths, columns)
-        ) + " |"
-
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if c.numeric else ("-" * (w + 2)) for w, c in zip(widths, columns))
-    return "\n".join([line([c.header for c in columns]), rule + "|", *(line(r) for r in cells)])
-
-
-# Columns shared by the pipeline's final table and the sweep report.
-METRIC_COLUMNS = [
-    Column("AP", "AP", _ap, numeric=True),
-    Column("APm", "APm", _ap, numeric=True),
-    Column("APl", "APl", _ap, numeric=True),
-    Column("params", "params", _millions, numeric=True),
-    num("gflops", "GFLOPs", ".2f"),
-    num("latency_ms", "latency ms", ".2f"),
-    num("e2e_ms", "e2e ms", ".2f"),
-    num("throughput", "img/s", ".1f"),
-]
-
 SWEEP_COLUMNS = [
     Column("point", "point"),
     Column("status", "status"),

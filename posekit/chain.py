@@ -207,9 +207,8 @@ def hydra_runtime() -> dict[str, Any] | None:
 # --------------------------------------------------------------------------------------------- steps
 @dataclass
 class Step:
-    """One stage call. ``enrich(result)`` adds what the stage wrote but did not return (read from its files) before
-    the result is recorded; ``outputs(result)`` names the files the step produced: a recorded step whose files are
-    gone is not done."""
+    """One stage call. ``outputs(result)`` names the files the step produced (from what the stage returned): a
+    recorded step whose files are gone is not done."""
 
     id: str
     stage: str
@@ -218,7 +217,6 @@ class Step:
     fingerprint: str
     outputs: Callable[[dict], Iterable[str | os.PathLike]] = lambda result: ()
     title: str = ""
-    enrich: Callable[[dict], dict] | None = None
 
     def __post_init__(self) -> None:
         self.id = re.sub(r"[^A-Za-z0-9._-]+", "_", self.id)
@@ -337,22 +335,11 @@ def step_lock(path: Path, what: str) -> Iterator[None]:
         lock.release()
 
 
-def default_stage_runner(stage: str, cfg: DictConfig) -> dict:
-    """Validate, prepare (lock the step's stage in its folder, waiting for a holder; clean; check the checkpoint
-    to resume from) and run one stage. No settings are inherited: the chain derives every step's config."""
-    from posekit.config import validate
-    from posekit.preflight import prepared
-    from posekit.stages import stage_module
-
-    validate(cfg)
-    with prepared(stage, cfg, wait=True) as ready:
-        return stage_module(stage).run(ready) or {}
-
-
 class StepRunner:
-    """Runs steps with records and locks. ``stage_runner(stage, cfg) -> dict`` is injectable for tests."""
+    """Runs steps with records and locks. ``stage_runner(stage, cfg) -> dict`` runs one stage: the pipeline stage
+    passes its own (this module sits below the stages and imports none of them), tests pass fakes."""
 
-    def __init__(self, stage_runner: Callable[[str, DictConfig], dict] = default_stage_runner, force: bool = False):
+    def __init__(self, stage_runner: Callable[[str, DictConfig], dict], force: bool = False):
         self.stage_runner = stage_runner
         self.force = force
 
@@ -387,8 +374,6 @@ class StepRunner:
         t0 = time.perf_counter()
         try:
             result = self.stage_runner(step.stage, cfg) or {}
-            if step.enrich is not None:
-                result = step.enrich(dict(result))
             artifacts = [str(Path(p)) for p in step.outputs(result)]
             missing = [p for p in artifacts if not Path(p).exists()]
             if missing:
