@@ -117,9 +117,7 @@ class DataConfig:
     batch_size: int = 16
     num_workers: int = 2
     val_max_images: Optional[int] = None  # cap the val set (validation during training, quick evals)
-    memory_batches: int = 0  # benchmark: > 0 = training replays this many batches held in memory (no data pipeline)
     targets_on_device: bool = False  # workers ship keypoints; the training device renders heatmaps/PAFs (less CPU)
-    worker_nice: int = 0  # loader workers' priority lowered by this (0..19): the training process gets the CPU first
     main_person_min_keypoints: int = 5  # TAO data_filtering_params
     main_person_min_area: float = 1024.0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -197,7 +195,6 @@ class TrainerConfig:
     sync_batchnorm: bool = False
     enable_progress_bar: bool = True
     num_sanity_val_steps: int = 2  # val batches run before training (catches val-loop bugs early); 0 = off
-    profiler: Optional[str] = None  # Lightning's: simple (wall time per hook, printed at the end) | advanced | pytorch
 
 
 @dataclass
@@ -353,6 +350,17 @@ class SweepConfig:
     train_shape: Optional[List[int]] = None
 
 
+# --------------------------------------------------------------------------------------------- debug
+@dataclass
+class DebugConfig:
+    """Benchmark-only knobs (the lab scripts under benchmarks/ set them): they measure the training step, they
+    are not product settings. Defaults: off."""
+
+    memory_batches: int = 0  # > 0: training replays this many batches held in memory (no data pipeline)
+    worker_nice: int = 0  # loader workers' priority lowered by this (0..19): the training process gets the CPU first
+    profiler: Optional[str] = None  # Lightning's: simple (wall time per hook, printed at the end) | advanced | pytorch
+
+
 # --------------------------------------------------------------------------------------------- root
 @dataclass
 class Config:
@@ -376,6 +384,7 @@ class Config:
     bench: BenchConfig = field(default_factory=BenchConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
 
 
 def register() -> None:

@@ -526,17 +526,17 @@ def test_short_schedule_scores_above_zero_through_eval(tmp_path):
 
 
 @pytest.mark.slow
-def test_trainer_profiler_reports_time_per_hook(tmp_path):
-    """trainer.profiler=simple: Lightning's profiler report (wall time of each hook) is printed when training ends,
+def test_debug_profiler_reports_time_per_hook(tmp_path):
+    """debug.profiler=simple: Lightning's profiler report (wall time of each hook) is printed when training ends,
     which is how the GPU driver's loader phase (--profile) attributes the per-step time."""
-    proc = run_cli("stage=train", "preset=tiny", f"experiment.root={tmp_path}", "trainer.profiler=simple")
+    proc = run_cli("stage=train", "preset=tiny", f"experiment.root={tmp_path}", "debug.profiler=simple")
     out = proc.stdout + proc.stderr
     assert "Profiler Report" in out
     assert "run_training_batch" in out and "[LightningModule]PoseModule.optimizer_step" in out
 
 
 def test_memory_batches_replay_the_first_batches_for_a_whole_epoch():
-    """data.memory_batches: the memory-fed reference keeps the epoch's length (the schedule's step count) and
+    """debug.memory_batches: the memory-fed reference keeps the epoch's length (the schedule's step count) and
     replays the loader's first batches, fetched once; the loader is dropped after that."""
     from torch.utils.data import DataLoader, TensorDataset
 

@@ -323,7 +323,7 @@ def fit(
         benchmark=tr.benchmark,
         sync_batchnorm=bool(tr.sync_batchnorm),
         enable_progress_bar=bool(tr.enable_progress_bar),
-        profiler=tr.profiler,
+        profiler=cfg.debug.profiler,
         callbacks=callbacks,
         logger=loggers,
         plugins=slurm_plugins(),
