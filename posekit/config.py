@@ -181,7 +181,8 @@ class TrainerConfig:
     devices: Any = "auto"
     num_nodes: int = 1
     strategy: str = "auto"
-    precision: str = "32-true"  # gpu presets: bf16-mixed
+    # auto: bf16-mixed on a GPU (16-mixed before Ampere); on a CPU bf16-mixed with native bf16, else 32-true
+    precision: str = "auto"
     max_epochs: int = 30
     max_steps: int = -1
     max_time: Optional[str] = None  # "DD:HH:MM:SS": a safety cap only; the schedule follows the steps
