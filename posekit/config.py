@@ -454,6 +454,7 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg.train.monitor, "train.monitor", ["val/AP", "val/loss", "train/loss"])
     _choice(cfg.train.head_init, "train.head_init", ["kaiming", "tao"])
     _choice(cfg.runtime.mode, "runtime.mode", ["strict", "adjust"])
+    _choice(cfg.runtime.interpolation, "runtime.interpolation", ["linear", "cubic"])
     _choice(cfg.runtime.torch_precision, "runtime.torch_precision", ["fp32", "fp16", "bf16"])
     _choice(cfg.export.data_format, "export.data_format", ["channels_first", "channels_last"])
     _choice(cfg.precision.calibration.method, "precision.calibration.method", ["entropy", "minmax", "percentile"])
@@ -484,6 +485,39 @@ def validate(cfg: DictConfig) -> None:
         len(cfg.sweep.train_shape) != 2 or any(int(v) <= 0 or int(v) % cfg.codec.stride for v in cfg.sweep.train_shape)
     ):
         raise ConfigError(f"sweep.train_shape={list(cfg.sweep.train_shape)}: need [H, W], multiples of 8, or null")
+    _validate_decode(cfg.codec.decode)
+    _validate_training(cfg)
     unknown = set(cfg.pipeline.steps) - {s.value for s in Stage} - {"calibrate"}
     if unknown:
         raise ConfigError(f"pipeline.steps has unknown stages {sorted(unknown)}; allowed: {[s.value for s in Stage]}")
+
+
+def _validate_decode(d: DictConfig) -> None:
+    """``codec.decode``: what the range table cannot say (an odd window); the ranges themselves are in RANGES."""
+    if int(d.nms_window) % 2 == 0:
+        raise ConfigError(f"codec.decode.nms_window={d.nms_window}: must be an odd number >= 3 (a centred window)")
+
+
+def _validate_training(cfg: DictConfig) -> None:
+    """The train/retrain run's length and its validation cadence (``posekit.train.fit`` relies on both)."""
+    stage = str(getattr(cfg.stage, "value", cfg.stage))
+    steps = set(cfg.pipeline.steps) if stage == "pipeline" else {stage}
+    lengths = []
+    if "train" in steps:
+        lengths.append((int(cfg.trainer.max_epochs), int(cfg.trainer.max_steps)))
+    if "retrain" in steps:
+        r = cfg.retrain
+        lengths.append((int(cfg.trainer.max_epochs if r.max_epochs is None else r.max_epochs),
+                        int(cfg.trainer.max_steps if r.max_steps is None else r.max_steps)))
+    if any(epochs < 1 and max_steps < 1 for epochs, max_steps in lengths):
+        raise ConfigError("nothing to train: set trainer.max_steps >= 1 (or retrain.max_steps) or trainer.max_epochs")
+    t, tr = cfg.train, cfg.trainer
+    every_val = int(tr.check_val_every_n_epoch or 0)
+    val_loss = tr.limit_val_batches not in (0, 0.0) and every_val >= 1
+    ap = val_loss and int(t.val_every_n_epochs or 0) >= 1 and (t.val_max_images is None or int(t.val_max_images) > 0)
+    if ap and int(t.val_every_n_epochs) % every_val:
+        raise ConfigError(
+            f"train.val_every_n_epochs={t.val_every_n_epochs} must be a multiple of "
+            f"trainer.check_val_every_n_epoch={every_val} (AP is computed during validation). "
+            f"E.g. train.val_every_n_epochs={every_val * max(1, int(t.val_every_n_epochs) // every_val)}."
+        )

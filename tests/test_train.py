@@ -473,7 +473,7 @@ def test_pruned_model_retrains_through_the_cli(tiny_run):
     net, info = load_model(tiny_run / "train" / "model.pt")
     with torch.no_grad():  # a barely trained net has no small filters: make half of one layer's prunable
         net.backbone.block_3b.conv.weight[: net.backbone.block_3b.conv.out_channels // 2] = 0.0
-    pruned, history, _ = prune.prune_model(net, {"pth": 0.5}, [128, 128])
+    pruned, history, _ = prune.prune_model(net, prune.PruneSettings(pth=0.5), [128, 128])
     assert pruned.backbone.block_3b.conv.out_channels < net.backbone.block_3b.conv.out_channels
     target = tiny_run / "prune" / "model.pruned-0.5.pt"
     save_model(target, pruned, pruning_history=history, **info["meta"])
