@@ -177,6 +177,9 @@ class PrecisionConfig:
 # --------------------------------------------------------------------------------------------- training
 @dataclass
 class TrainerConfig:
+    """``pl.Trainer``'s keyword arguments (conf/trainer/*.yaml), passed through by posekit/train/trainer.py; posekit
+    resolves ``accelerator``/``precision`` "auto" and the run's length (train vs retrain)."""
+
     accelerator: str = "auto"
     devices: Any = "auto"
     num_nodes: int = 1
@@ -385,6 +388,8 @@ class Config:
     bench: BenchConfig = field(default_factory=BenchConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    # extra Lightning callbacks for train/retrain, each a `_target_` node (conf/callbacks/, e.g. +callbacks=lr_monitor)
+    callbacks: Dict[str, Any] = field(default_factory=dict)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
 
