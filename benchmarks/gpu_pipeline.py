@@ -266,11 +266,11 @@ def parse_loader_configs(text: str | None) -> tuple[tuple[int, float], ...]:
 LOADER_VARIANTS: dict[str, tuple[list[str], int]] = {
     "plain": ([], 0),
     "targets": (["data.targets_on_device=true"], 0),  # workers ship keypoints, the GPU renders the targets
-    "nice": (["data.worker_nice=10"], 0),  # workers below the training process's priority
+    "nice": (["debug.worker_nice=10"], 0),  # workers below the training process's priority
     "compile": (["train.compile=true"], 150),  # torch.compile of the network; the box also holds the compilation
-    "memory": (["data.memory_batches=16"], 0),  # the same Lightning step without the data pipeline
-    "memory-compile": (["data.memory_batches=16", "train.compile=true"], 150),  # the reference for "compile"
-    "profiled": (["trainer.profiler=simple"], 0),  # Lightning's per-hook wall times, printed into the log
+    "memory": (["debug.memory_batches=16"], 0),  # the same Lightning step without the data pipeline
+    "memory-compile": (["debug.memory_batches=16", "train.compile=true"], 150),  # the reference for "compile"
+    "profiled": (["debug.profiler=simple"], 0),  # Lightning's per-hook wall times, printed into the log
 }
 REFERENCE_VARIANTS = ("memory", "memory-compile", "profiled")
 

@@ -49,9 +49,9 @@ log = logging.getLogger("posekit.chain")
 
 # Config sections each kind of step depends on. Paths of the step's input (prune.model, export.model...) are not
 # part of a fingerprint: the input enters through its own fingerprint (``upstream``).
-TRAIN_SECTIONS = ("seed", "keypoints", "model", "data", "codec", "trainer", "optim", "train")
+TRAIN_SECTIONS = ("seed", "keypoints", "model", "data", "codec", "trainer", "optim", "train", "debug")
 PRUNE_SECTIONS = ("prune",)
-RETRAIN_SECTIONS = ("retrain", "trainer", "optim", "data", "train", "codec")
+RETRAIN_SECTIONS = ("retrain", "trainer", "optim", "data", "train", "codec", "debug")
 EXPORT_SECTIONS = ("export", "precision", "model.input_shape", "data", "keypoints")
 CALIBRATE_SECTIONS = ("precision.calibration", "model.input_shape", "data", "keypoints")
 EVAL_SECTIONS = ("eval", "codec", "runtime", "data", "keypoints", "model.input_shape")
@@ -62,7 +62,7 @@ INFER_SECTIONS = ("infer", "codec", "runtime", "keypoints", "model.input_shape")
 COSMETIC_KEYS = (
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
-    "trainer.profiler",
+    "debug.profiler",
     "data.num_workers",
     "data.synthetic.cache_dir",
     "train.resume",

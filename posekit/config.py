@@ -117,9 +117,7 @@ class DataConfig:
     batch_size: int = 16
     num_workers: int = 2
     val_max_images: Optional[int] = None  # cap the val set (validation during training, quick evals)
-    memory_batches: int = 0  # benchmark: > 0 = training replays this many batches held in memory (no data pipeline)
     targets_on_device: bool = False  # workers ship keypoints; the training device renders heatmaps/PAFs (less CPU)
-    worker_nice: int = 0  # loader workers' priority lowered by this (0..19): the training process gets the CPU first
     main_person_min_keypoints: int = 5  # TAO data_filtering_params
     main_person_min_area: float = 1024.0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -179,11 +177,15 @@ class PrecisionConfig:
 # --------------------------------------------------------------------------------------------- training
 @dataclass
 class TrainerConfig:
+    """``pl.Trainer``'s keyword arguments (conf/trainer/*.yaml), passed through by posekit/train/trainer.py; posekit
+    resolves ``accelerator``/``precision`` "auto" and the run's length (train vs retrain)."""
+
     accelerator: str = "auto"
     devices: Any = "auto"
     num_nodes: int = 1
     strategy: str = "auto"
-    precision: str = "32-true"  # gpu presets: bf16-mixed
+    # auto: bf16-mixed on a GPU (16-mixed before Ampere); on a CPU bf16-mixed with native bf16, else 32-true
+    precision: str = "auto"
     max_epochs: int = 30
     max_steps: int = -1
     max_time: Optional[str] = None  # "DD:HH:MM:SS": a safety cap only; the schedule follows the steps
@@ -197,7 +199,6 @@ class TrainerConfig:
     sync_batchnorm: bool = False
     enable_progress_bar: bool = True
     num_sanity_val_steps: int = 2  # val batches run before training (catches val-loop bugs early); 0 = off
-    profiler: Optional[str] = None  # Lightning's: simple (wall time per hook, printed at the end) | advanced | pytorch
 
 
 @dataclass
@@ -353,6 +354,17 @@ class SweepConfig:
     train_shape: Optional[List[int]] = None
 
 
+# --------------------------------------------------------------------------------------------- debug
+@dataclass
+class DebugConfig:
+    """Benchmark-only knobs (the lab scripts under benchmarks/ set them): they measure the training step, they
+    are not product settings. Defaults: off."""
+
+    memory_batches: int = 0  # > 0: training replays this many batches held in memory (no data pipeline)
+    worker_nice: int = 0  # loader workers' priority lowered by this (0..19): the training process gets the CPU first
+    profiler: Optional[str] = None  # Lightning's: simple (wall time per hook, printed at the end) | advanced | pytorch
+
+
 # --------------------------------------------------------------------------------------------- root
 @dataclass
 class Config:
@@ -376,6 +388,9 @@ class Config:
     bench: BenchConfig = field(default_factory=BenchConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    # extra Lightning callbacks for train/retrain, each a `_target_` node (conf/callbacks/, e.g. +callbacks=lr_monitor)
+    callbacks: Dict[str, Any] = field(default_factory=dict)
+    debug: DebugConfig = field(default_factory=DebugConfig)
 
 
 def register() -> None:
@@ -399,81 +414,9 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
 
 
 # --------------------------------------------------------------------------------------------- validation
-def _choice(value: Any, key: str, allowed: list[str]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not allowed; allowed values: {allowed}")
-
-
-# TAO documents -pth 0.05..3.0; above it every layer ends at prune.min_filters (the normalized norms are <= 1)
-PTH_DOCUMENTED = (0.05, 3.0)
-
-
 def validate(cfg: DictConfig) -> None:
     """Check what the schema's types cannot; raise :class:`ConfigError` naming the key and the allowed values.
+    Every config check lives in :mod:`posekit.validation` (this is its entry point)."""
+    from posekit.validation import validate as check
 
-    Keys the schema does not have (``+key=...`` typos) are refused with the closest key, and every numeric knob
-    is checked against its range (``posekit.schema.RANGES``)."""
-    from posekit.schema import range_problems, suggest, unknown_keys
-
-    unknown = unknown_keys(cfg)
-    if unknown:
-        raise ConfigError(
-            f"unknown config key {unknown[0]!r}: posekit's schema (posekit/config.py) has no such key, so it would "
-            f"be ignored.{suggest(unknown[0])} Remove it (a +{unknown[0]}=... override or a config file's key)."
-            + (f" Also unknown: {', '.join(unknown[1:])}." if len(unknown) > 1 else "")
-        )
-    problems = range_problems(cfg)
-    if problems:
-        raise ConfigError("; ".join(problems))
-    h_w = list(cfg.model.input_shape)
-    if len(h_w) != 2 or any(int(v) <= 0 or int(v) % cfg.codec.stride for v in h_w):
-        raise ConfigError(
-            f"model.input_shape={h_w}: need [H, W], both positive multiples of {cfg.codec.stride} (the network's "
-            f"output stride). Pick a named resolution (resolution=224x320 | 256x256 | 288x384 | 320x448) or e.g. "
-            f"model.input_shape=[288,384]."
-        )
-    if not 2 <= cfg.model.stages <= 7:
-        raise ConfigError(f"model.stages={cfg.model.stages}: allowed values are 2..7 (initial + refinement stages)")
-    if not cfg.model.width > 0:
-        raise ConfigError(f"model.width={cfg.model.width}: must be > 0 (1.0 = TAO's BpNetLite)")
-    if cfg.codec.stride != 8:
-        raise ConfigError(f"codec.stride={cfg.codec.stride}: BpNetLite's output stride is 8; allowed values: [8]")
-    _choice(cfg.data.name, "data.name", ["synthetic", "coco"])
-    _choice(cfg.optim.name, "optim.name", ["adamw", "sgd"])
-    _choice(cfg.optim.schedule, "optim.schedule", ["cosine", "softstart_annealing"])
-    _choice(cfg.train.monitor, "train.monitor", ["val/AP", "val/loss", "train/loss"])
-    _choice(cfg.train.head_init, "train.head_init", ["kaiming", "tao"])
-    _choice(cfg.runtime.mode, "runtime.mode", ["strict", "adjust"])
-    _choice(cfg.runtime.torch_precision, "runtime.torch_precision", ["fp32", "fp16", "bf16"])
-    _choice(cfg.export.data_format, "export.data_format", ["channels_first", "channels_last"])
-    _choice(cfg.precision.calibration.method, "precision.calibration.method", ["entropy", "minmax", "percentile"])
-    _choice(cfg.prune.norm, "prune.norm", ["l2", "l1"])
-    _choice(cfg.prune.normalizer, "prune.normalizer", ["max", "L2"])
-    _choice(
-        cfg.prune.equalization,
-        "prune.equalization",
-        ["union", "intersection", "arithmetic_mean", "geometric_mean"],
-    )
-    if not cfg.prune.pth >= 0:
-        raise ConfigError(f"prune.pth={cfg.prune.pth}: the pruning threshold must be a number >= 0 (TAO: 0.05..3.0)")
-    if cfg.prune.pth > PTH_DOCUMENTED[1] and str(getattr(cfg.stage, "value", cfg.stage)) == "prune":
-        import logging
-
-        logging.getLogger("posekit").warning(
-            "prune.pth=%s is above the range TAO documents (%s..%s): every prunable layer will be cut to "
-            "prune.min_filters=%s filters", cfg.prune.pth, *PTH_DOCUMENTED, cfg.prune.min_filters)
-    if cfg.prune.granularity < 1 or cfg.prune.min_filters < 1:
-        raise ConfigError("prune.granularity and prune.min_filters must be >= 1 (TAO: 8 and 16)")
-    if cfg.export.opset < 17:
-        raise ConfigError(f"export.opset={cfg.export.opset}: allowed values are >= 17")
-    if any(s <= 0 for s in cfg.runtime.scales):
-        raise ConfigError(f"runtime.scales={list(cfg.runtime.scales)}: scales must be > 0")
-    for p in cfg.pipeline.precisions or []:
-        _choice(p, "pipeline.precisions[]", [x.value for x in Precision])
-    if cfg.sweep.train_shape is not None and (
-        len(cfg.sweep.train_shape) != 2 or any(int(v) <= 0 or int(v) % cfg.codec.stride for v in cfg.sweep.train_shape)
-    ):
-        raise ConfigError(f"sweep.train_shape={list(cfg.sweep.train_shape)}: need [H, W], multiples of 8, or null")
-    unknown = set(cfg.pipeline.steps) - {s.value for s in Stage} - {"calibrate"}
-    if unknown:
-        raise ConfigError(f"pipeline.steps has unknown stages {sorted(unknown)}; allowed: {[s.value for s in Stage]}")
+    check(cfg)

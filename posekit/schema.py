@@ -214,8 +214,6 @@ RANGES: dict[str, tuple[str, str]] = {
     "data.batch_size": ("[1,)", "images per training step"),
     "data.num_workers": ("[0,)", "loader processes; 0 loads in the main process"),
     "data.val_max_images": ("[1,)", "val images used; null: all"),
-    "data.memory_batches": ("[0,)", "batches replayed from memory; 0: off"),
-    "data.worker_nice": ("[0,19]", "how much the loader workers lower their priority"),
     "data.main_person_min_keypoints": ("[0,)", "TAO data_filtering_params"),
     "data.main_person_min_area": ("[0,)", "TAO data_filtering_params"),
     "data.synthetic.num_train": ("[1,)", "generated training images"),
@@ -235,9 +233,9 @@ RANGES: dict[str, tuple[str, str]] = {
     "codec.paf_half_width": ("(0,)", "PAF band half-width, input pixels"),
     "codec.decode.upsample": ("[1,)", "1: decode on the stride-8 maps"),
     "codec.decode.smooth_sigma": ("[0,)", "0: off"),
-    "codec.decode.nms_window": ("[1,)", "peak window, cells"),
+    "codec.decode.nms_window": ("[3,)", "peak window, cells; odd"),
     "codec.decode.peak_threshold": ("[0,1]", "heatmap score"),
-    "codec.decode.paf_samples": ("[1,)", "samples along a limb"),
+    "codec.decode.paf_samples": ("[2,)", "samples along a limb"),
     "codec.decode.paf_min_ratio": ("[0,1]", "a fraction of the samples"),
     "codec.decode.min_parts": ("[1,)", "joints per person"),
     "codec.decode.max_people": ("[1,)", "people per image"),
@@ -298,6 +296,9 @@ RANGES: dict[str, tuple[str, str]] = {
     "optim.guard.spike_patience": ("[0,)", "spike steps skipped in a row before one is applied, clipped"),
     "optim.guard.max_consecutive": ("[0,)", "non-finite steps in a row before the run stops"),
     "train.progress_every_n_steps": ("[0,)", "steps; 0: no progress lines"),
+    "debug.memory_batches": ("[0,)", "benchmark only: batches replayed from memory; 0: off"),
+    "debug.worker_nice": ("[0,19]", "use 0 (off) to 19: the loader workers can only lower their priority below "
+                          "the training process's, not raise it"),
 }
 
 

@@ -189,7 +189,7 @@ def test_gpu_driver_loader_phase_runs_each_variant_as_a_train_stage_the_cli_acce
     assert [p["experiment.name"] for p in parsed] == ["loader-w7-l10.005", "loader-w7-l10.005-nice",
                                                       "loader-w7-l10.005-compile"]
     assert [p["trainer.max_time"] for p in parsed] == ["00:00:00:30", "00:00:00:30", "00:00:03:00"]
-    assert parsed[1]["data.worker_nice"] == 10 and parsed[2]["train.compile"] is True
+    assert parsed[1]["debug.worker_nice"] == 10 and parsed[2]["train.compile"] is True
     for c in calls:  # the overrides compose into a valid config after the recipe the driver runs the GPU with
         compose(*recipe, *c)
 

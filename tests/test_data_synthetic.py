@@ -161,15 +161,15 @@ def test_datamodule_on_the_tiny_preset(skeleton):
 
 
 @pytest.mark.parametrize("nice", [0, 5])
-def test_loader_workers_run_at_the_priority_data_worker_nice_asks(nice):
+def test_loader_workers_run_at_the_priority_debug_worker_nice_asks(nice):
     """The loader's own worker start-up (its worker_init_fn, in its multiprocessing context) lowers a worker's
-    priority by ``data.worker_nice``, so the training process gets the CPU first."""
+    priority by ``debug.worker_nice``, so the training process gets the CPU first."""
     import os
     from concurrent.futures import ProcessPoolExecutor
 
     from posekit.data.datamodule import PoseDataModule
 
-    loader = PoseDataModule(compose("preset=tiny", "data.num_workers=1", f"data.worker_nice={nice}"))._loader(
+    loader = PoseDataModule(compose("preset=tiny", "data.num_workers=1", f"debug.worker_nice={nice}"))._loader(
         list(range(4)), train=False)
     with ProcessPoolExecutor(1, mp_context=loader.multiprocessing_context, initializer=loader.worker_init_fn,
                              initargs=(0,)) as pool:
@@ -178,11 +178,10 @@ def test_loader_workers_run_at_the_priority_data_worker_nice_asks(nice):
 
 
 def test_worker_nice_out_of_range_says_what_to_use():
-    from posekit.config import ConfigError
-    from posekit.data.datamodule import PoseDataModule
+    from posekit.config import ConfigError, validate
 
-    with pytest.raises(ConfigError, match="0 \\(off\\) to 19"):
-        PoseDataModule(compose("preset=tiny", "data.worker_nice=-3"))
+    with pytest.raises(ConfigError, match="debug.worker_nice=-3.*0 \\(off\\) to 19"):
+        validate(compose("preset=tiny", "debug.worker_nice=-3"))
 
 # A process that has already run OpenCV's thread pool (an in-process eval, as in stage=pipeline before retrain)
 # then starts loader workers. Forked workers inherit the pool in whatever state it is and hang in their first

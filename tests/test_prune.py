@@ -20,7 +20,7 @@ from posekit.prune import (
     prunable_layer_names,
     prune_model,
 )
-from tests.conftest import run_cli
+from tests.conftest import compose, run_cli
 
 HW = (64, 64)
 
@@ -74,7 +74,7 @@ def tao_keep(stat: np.ndarray, pth: float, min_filters: int, granularity: int) -
 
 # --------------------------------------------------------------------------------------------- semantics
 def test_pth_zero_removes_nothing(small, x):
-    pruned, history, report = prune_model(small, {"pth": 0.0}, HW)
+    pruned, history, report = prune_model(small, PruneSettings(**{"pth": 0.0}), HW)
     assert history == []
     assert out_channels(pruned) == out_channels(small)
     assert report["totals"]["params"]["ratio"] == 1.0
@@ -87,7 +87,7 @@ def test_pth_zero_keeps_zero_kernel_filters(x):
     net = spread_norms(BpNetLite(stages=2, width=0.25), seed=2)
     with torch.no_grad():
         net.stages[0].trunk.conv2.conv.weight[3] = 0
-    pruned, history, _ = prune_model(net, {"pth": 0.0, "granularity": 1}, HW)
+    pruned, history, _ = prune_model(net, PruneSettings(**{"pth": 0.0, "granularity": 1}), HW)
     assert history == []
     for a, b in zip(outputs(net, x), outputs(pruned, x)):
         assert torch.equal(a, b)
@@ -95,14 +95,14 @@ def test_pth_zero_keeps_zero_kernel_filters(x):
 
 def test_input_model_is_not_modified(small, x):
     before = {k: v.clone() for k, v in small.state_dict().items()}
-    prune_model(small, {"pth": 0.5}, HW)
+    prune_model(small, PruneSettings(**{"pth": 0.5}), HW)
     after = small.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_parameters_never_increase_with_pth(small):
     pths = (0, 0.1, 0.3, 0.5, 0.7, 0.9, 2.0)
-    counts = [count_parameters(prune_model(small, {"pth": p}, HW)[0])["trainable"] for p in pths]
+    counts = [count_parameters(prune_model(small, PruneSettings(**{"pth": p}), HW)[0])["trainable"] for p in pths]
     assert all(b <= a for a, b in zip(counts, counts[1:])), counts
     assert counts[-1] < counts[0]
 
@@ -111,7 +111,7 @@ def test_parameters_never_increase_with_pth(small):
 def test_kept_counts_follow_tao_rule(small, granularity, min_filters):
     pth = 0.5
     cfg = {"pth": pth, "granularity": granularity, "min_filters": min_filters}
-    pruned, _, _ = prune_model(small, cfg, HW)
+    pruned, _, _ = prune_model(small, PruneSettings(**cfg), HW)
     before, after = out_channels(small), out_channels(pruned)
     convs = dict(small.named_modules())
     for name in prunable_layer_names(small):  # no coupled producers in BpNetLite: every group is one conv
@@ -130,7 +130,7 @@ def test_kept_counts_follow_tao_rule(small, granularity, min_filters):
 
 def test_l1_norm_and_l2_normalizer(small):
     pth = 0.6
-    pruned, _, _ = prune_model(small, {"pth": pth, "norm": "l1", "normalizer": "L2"}, HW)
+    pruned, _, _ = prune_model(small, PruneSettings(**{"pth": pth, "norm": "l1", "normalizer": "L2"}), HW)
     conv = small.stages[0].trunk.conv1.conv
     l1 = conv.weight.detach().numpy().reshape(conv.out_channels, -1).__abs__().sum(1)
     stat = l1 / np.linalg.norm(l1) * len(l1)  # TAO's 'L2' normalizer
@@ -148,8 +148,8 @@ def test_fold_bn_prunes_switched_off_bn_channels_that_tao_keeps(x):
         bn.weight[off] = 0.0
         bn.bias[off] = 0.0
         bn.running_var.uniform_(0.5, 2.0)  # folding divides by sigma: not all 1
-    tao, _, _ = prune_model(net, {"pth": 0.2}, HW)
-    folded, _, report = prune_model(net, {"pth": 0.2, "fold_bn": True}, HW)
+    tao, _, _ = prune_model(net, PruneSettings(**{"pth": 0.2}), HW)
+    folded, _, report = prune_model(net, PruneSettings(**{"pth": 0.2, "fold_bn": True}), HW)
     assert tao.backbone.block_3a.conv.out_channels == bn.num_features  # fresh kernels: all norms alike
     assert folded.backbone.block_3a.conv.out_channels == bn.num_features - len(off)
     for a, b in zip(outputs(net, x), outputs(folded, x)):
@@ -168,7 +168,7 @@ def test_fold_bn_weights_each_filter_by_gamma_over_sigma(small):
                 m.weight.copy_(torch.rand(m.num_features, generator=g) * 2 - 1)
                 m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.1)
     pth = 0.3
-    pruned, _, _ = prune_model(net, {"pth": pth, "fold_bn": True, "granularity": 1, "min_filters": 1}, HW)
+    pruned, _, _ = prune_model(net, PruneSettings(pth=pth, fold_bn=True, granularity=1, min_filters=1), HW)
     conv, bn = net.backbone.block_1a.conv, net.backbone.block_1a.bn
     w = conv.weight.detach().numpy().reshape(conv.out_channels, -1)
     stat = np.linalg.norm(w, axis=1) * np.abs(bn.weight.detach().numpy()) / np.sqrt(bn.running_var.numpy() + bn.eps)
@@ -206,8 +206,8 @@ def test_compensate_folds_a_removed_constant_channel_into_its_consumer(where, x)
             conv.weight[::2], conv.bias[::2] = 0.0, 0.3
     cfg = {"pth": 0.2, "granularity": 1, "min_filters": 1, **settings}
     before = _block_output(net, consumer, x)
-    plain, _, _ = prune_model(net, cfg, HW)
-    folded, _, report = prune_model(net, {**cfg, "compensate": True}, HW)
+    plain, _, _ = prune_model(net, PruneSettings(**cfg), HW)
+    folded, _, report = prune_model(net, PruneSettings(**{**cfg, "compensate": True}), HW)
     channels = dict(net.named_modules())[producer].out_channels
     assert dict(folded.named_modules())[producer].out_channels == channels // 2
     inner = (..., slice(1, -1), slice(1, -1))
@@ -218,7 +218,7 @@ def test_compensate_folds_a_removed_constant_channel_into_its_consumer(where, x)
 
 def test_output_heads_and_excluded_layers_keep_channels(small, x):
     excluded = ["backbone.block_4b.conv", "stages.1.trunk.conv2.conv"]
-    pruned, _, report = prune_model(small, {"pth": 0.95, "excluded_layers": excluded}, HW)
+    pruned, _, report = prune_model(small, PruneSettings(**{"pth": 0.95, "excluded_layers": excluded}), HW)
     for a, b in zip(small.output_convs(), pruned.output_convs()):
         assert a.out_channels == b.out_channels
     for name in excluded:
@@ -272,7 +272,7 @@ def test_equalization_of_coupled_layers(mode):
     torch.manual_seed(3)
     net = spread_norms(Coupled(), seed=3)
     cfg = {"pth": 0.45, "equalization": mode, "min_filters": 8, "granularity": 4}
-    settings = PruneSettings.from_config(cfg)
+    settings = PruneSettings(**cfg)
     groups = {frozenset(d.members): d for d in plan_pruning(net, settings)}
     assert set(groups) == {frozenset({"stem"}), frozenset({"a", "b"}), frozenset({"c", "d"})}
     for members in (("a", "b"), ("c", "d")):
@@ -284,7 +284,7 @@ def test_equalization_of_coupled_layers(mode):
 
     # With the stem excluded its output (= a, b, c's input) channels stay intact, so surviving filters of a, b,
     # c, d can be identified by value.
-    pruned, _, _ = prune_model(net, {**cfg, "excluded_layers": ["stem"]}, (16, 16))
+    pruned, _, _ = prune_model(net, PruneSettings(**{**cfg, "excluded_layers": ["stem"]}), (16, 16))
     ka = kept_rows(net.a.weight, pruned.a.weight)
     kb = kept_rows(net.b.weight, pruned.b.weight)
     kc = kept_rows(net.c.weight, pruned.c.weight)
@@ -310,7 +310,7 @@ def test_equalization_of_coupled_layers(mode):
 
 def test_excluding_one_coupled_layer_keeps_the_whole_group():
     net = spread_norms(Coupled(), seed=4)
-    pruned, _, report = prune_model(net, {"pth": 0.9, "min_filters": 4, "excluded_layers": ["a"]}, (16, 16))
+    pruned, _, report = prune_model(net, PruneSettings(pth=0.9, min_filters=4, excluded_layers=["a"]), (16, 16))
     assert pruned.a.out_channels == pruned.b.out_channels == 32
     assert pruned.c.out_channels < 24
     assert {r["name"]: r["note"] for r in report["layers"]}["b"] == "coupled to excluded"
@@ -319,7 +319,7 @@ def test_excluding_one_coupled_layer_keeps_the_whole_group():
 # --------------------------------------------------------------------------------------------- report
 def test_report_counts_macs_and_params(small):
     hw = (96, 128)
-    pruned, _, report = prune_model(small, {"pth": 0.5}, hw)
+    pruned, _, report = prune_model(small, PruneSettings(**{"pth": 0.5}), hw)
     first = next(r for r in report["layers"] if r["name"] == "backbone.block_1a.conv")
     assert first["macs_before"] == hw[0] * hw[1] * first["out_before"] * 3 * 9  # stride 1, pad 1
     assert first["macs_after"] == hw[0] * hw[1] * first["out_after"] * 3 * 9
@@ -333,7 +333,7 @@ def test_report_counts_macs_and_params(small):
 
 # --------------------------------------------------------------------------------------------- files, export
 def test_pruned_file_round_trips_with_weights_only(small, x, tmp_path):
-    pruned, history, _ = prune_model(small, {"pth": 0.5}, HW)
+    pruned, history, _ = prune_model(small, PruneSettings(**{"pth": 0.5}), HW)
     path = save_model(tmp_path / "model.pruned-0.5.pt", pruned, pruning_history=history)
     blob = torch.load(path, weights_only=True)
     assert blob["pruning_history"] == history
@@ -344,7 +344,7 @@ def test_pruned_file_round_trips_with_weights_only(small, x, tmp_path):
         assert torch.equal(a, b)
 
     # a second round (prune -> retrain -> prune) saves both histories and still round-trips
-    again, history2, _ = prune_model(loaded, {"pth": 0.8}, HW)
+    again, history2, _ = prune_model(loaded, PruneSettings(**{"pth": 0.8}), HW)
     path2 = save_model(tmp_path / "model.pruned-0.8.pt", again, pruning_history=info["pruning_history"] + history2)
     loaded2, _ = load_model(path2)
     assert count_parameters(loaded2)["trainable"] < count_parameters(loaded)["trainable"]
@@ -355,7 +355,7 @@ def test_pruned_file_round_trips_with_weights_only(small, x, tmp_path):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # dynamo=False: the TorchScript exporter, fast here
 def test_pruned_model_exports_to_onnx(small, tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    pruned, _, _ = prune_model(small, {"pth": 0.5}, HW)
+    pruned, _, _ = prune_model(small, PruneSettings(**{"pth": 0.5}), HW)
     net = FinalStage(pruned).eval()
     x = torch.randn(1, 3, *HW)
     path = tmp_path / "pruned.onnx"
@@ -370,12 +370,15 @@ def test_pruned_model_exports_to_onnx(small, tmp_path):
 
 
 def test_settings_validation():
-    for bad in ({"pth": -0.1}, {"pth": "abc"}, {"pth": float("nan")}, {"pth": 0.2, "equalization": "max"},
-                {"pth": 0.2, "norm": "l3"}, {"pth": 0.2, "normalizer": "l2"}, {"pth": 0.2, "granularity": 0}, {"pth": 0.2, "fold_bn": "yes"}, {"pth": 0.2, "compensate": 1}):
+    """Bad prune.* values are refused by config.validate (naming the key), before the prune stage runs."""
+    from posekit.config import validate
+
+    for bad in ("prune.pth=-0.1", "prune.pth=nan", "prune.equalization=max", "prune.norm=l3", "prune.normalizer=l2",
+                "prune.granularity=0", "prune.min_filters=0"):
         with pytest.raises(ConfigError, match="prune"):
-            PruneSettings.from_config(bad)
+            validate(compose("stage=prune", bad))
     with pytest.raises(ConfigError, match="backbone.block_1a.conv"):  # unknown name -> lists the valid ones
-        prune_model(BpNetLite(stages=2, width=0.125), {"pth": 0.2, "excluded_layers": ["backbone.block_1a"]}, HW)
+        prune_model(BpNetLite(stages=2, width=0.125), PruneSettings(pth=0.2, excluded_layers=("backbone.block_1a",)), HW)
 
 
 # --------------------------------------------------------------------------------------------- CLI

@@ -143,8 +143,12 @@ def test_strict_and_adjust_shapes():
 
 
 def test_bad_mode_is_a_user_error():
+    from posekit.config import compose, validate
+
     with pytest.raises(UserError, match="runtime.mode"):
-        preprocess(np.zeros((10, 10, 3), np.uint8), INPUT_HW, "stretch")
+        validate(compose(["runtime.mode=stretch"]))
+    with pytest.raises(UserError, match="runtime.interpolation"):
+        validate(compose(["runtime.interpolation=nearest"]))
 
 
 # ------------------------------------------------------------------------------------------- predictor

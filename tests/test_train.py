@@ -137,7 +137,7 @@ def test_training_applies_l1_exactly_as_a_loss_term():
              "pafs": torch.rand(2, 2, 4, 4), "mask": torch.ones(2, 1, 4, 4)}
     optim = dict(name="adamw", lr=1e-3, weight_decay=0.0, l1_kernel_reg=3e-2, l1_bn_gamma=0.5, l1_ramp=0.5)
     torch.manual_seed(0)
-    module = PoseModule(arch, optim)
+    module = PoseModule(arch, optim, head_init="tao")
     module.log = module.log_dict = lambda *a, **k: None
     module.trainer = type("T", (), {"optimizers": [type("O", (), {"param_groups": [{"lr": 1e-3}]})()],
                                     "global_step": 10, "estimated_stepping_batches": 100})()  # ramp 0.2
@@ -211,7 +211,8 @@ def test_per_step_logging_hands_lightning_only_tensors():
         logged[name] = value
 
     arch = dict(stages=2, num_heatmaps=3, num_pafs=2, width=0.125)
-    module = PoseModule(arch, dict(name="adamw", lr=1e-3, weight_decay=0.0, l1_kernel_reg=1e-4, l1_bn_gamma=1e-4))
+    module = PoseModule(arch, dict(name="adamw", lr=1e-3, weight_decay=0.0, l1_kernel_reg=1e-4, l1_bn_gamma=1e-4),
+                        head_init="tao")
     module.log = record
     module.log_dict = lambda values, *a, **k: logged.update(values)
     group = {"lr": 6e-4, "lr_mult": 2.0}
@@ -244,7 +245,8 @@ def test_step_only_metrics_are_logged_on_the_steps_lightning_writes(written):
 
     logged: dict = {}
     arch = dict(stages=2, num_heatmaps=3, num_pafs=2, width=0.125)
-    module = PoseModule(arch, dict(name="adamw", lr=1e-3, weight_decay=0.0, l1_kernel_reg=1e-4, l1_bn_gamma=1e-4))
+    module = PoseModule(arch, dict(name="adamw", lr=1e-3, weight_decay=0.0, l1_kernel_reg=1e-4, l1_bn_gamma=1e-4),
+                        head_init="tao")
     module.log = lambda name, value, *a, **k: logged.__setitem__(name, value)
     module.log_dict = lambda values, *a, **k: logged.update(values)
     module.trainer = SimpleNamespace(optimizers=[SimpleNamespace(param_groups=[{"lr": 1e-3}])], world_size=1,
@@ -299,7 +301,7 @@ def test_l1_ramp_scales_both_l1_terms_with_the_run_progress():
         logged: dict = {}
         torch.manual_seed(0)  # the same weights every time
         module = PoseModule(arch, dict(name="adamw", lr=1e-3, weight_decay=0.0, l1_kernel_reg=1e-3,
-                                       l1_bn_gamma=1e-2, l1_ramp=ramp))
+                                       l1_bn_gamma=1e-2, l1_ramp=ramp), head_init="tao")
         module.log = lambda name, value, *a, **k: logged.__setitem__(name, float(value))
         module.log_dict = lambda *a, **k: None
         group = {"lr": 1e-3}
@@ -471,7 +473,7 @@ def test_pruned_model_retrains_through_the_cli(tiny_run):
     net, info = load_model(tiny_run / "train" / "model.pt")
     with torch.no_grad():  # a barely trained net has no small filters: make half of one layer's prunable
         net.backbone.block_3b.conv.weight[: net.backbone.block_3b.conv.out_channels // 2] = 0.0
-    pruned, history, _ = prune.prune_model(net, {"pth": 0.5}, [128, 128])
+    pruned, history, _ = prune.prune_model(net, prune.PruneSettings(pth=0.5), [128, 128])
     assert pruned.backbone.block_3b.conv.out_channels < net.backbone.block_3b.conv.out_channels
     target = tiny_run / "prune" / "model.pruned-0.5.pt"
     save_model(target, pruned, pruning_history=history, **info["meta"])
@@ -531,17 +533,17 @@ def test_short_schedule_scores_above_zero_through_eval(tmp_path):
 
 
 @pytest.mark.slow
-def test_trainer_profiler_reports_time_per_hook(tmp_path):
-    """trainer.profiler=simple: Lightning's profiler report (wall time of each hook) is printed when training ends,
+def test_debug_profiler_reports_time_per_hook(tmp_path):
+    """debug.profiler=simple: Lightning's profiler report (wall time of each hook) is printed when training ends,
     which is how the GPU driver's loader phase (--profile) attributes the per-step time."""
-    proc = run_cli("stage=train", "preset=tiny", f"experiment.root={tmp_path}", "trainer.profiler=simple")
+    proc = run_cli("stage=train", "preset=tiny", f"experiment.root={tmp_path}", "debug.profiler=simple")
     out = proc.stdout + proc.stderr
     assert "Profiler Report" in out
     assert "run_training_batch" in out and "[LightningModule]PoseModule.optimizer_step" in out
 
 
 def test_memory_batches_replay_the_first_batches_for_a_whole_epoch():
-    """data.memory_batches: the memory-fed reference keeps the epoch's length (the schedule's step count) and
+    """debug.memory_batches: the memory-fed reference keeps the epoch's length (the schedule's step count) and
     replays the loader's first batches, fetched once; the loader is dropped after that."""
     from torch.utils.data import DataLoader, TensorDataset
 

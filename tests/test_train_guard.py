@@ -80,7 +80,8 @@ def test_running_median_over_a_window():
 
 
 def test_guard_skips_non_finite_and_spikes_and_stops_after_too_many_non_finite_in_a_row():
-    g = StepGuard(clip=1.0, spike_factor=5.0, window=10, min_history=3, max_consecutive=2)
+    g = StepGuard(clip=1.0, spike_factor=5.0, window=10, min_history=3, max_consecutive=2,
+                  clip_factor=0.0, spike_patience=20)
     for step in range(3):
         assert not g.check(step, loss=10.0, norm=2.0).skip
     v = g.check(3, loss=10.0, norm=9.0)  # 4.5x the median: kept (and clipped by the caller)
@@ -120,10 +121,12 @@ def test_a_spike_that_outlasts_the_patience_is_applied_clipped_and_the_median_fo
 
 
 def test_the_relative_clip_bound_follows_the_running_median_and_the_absolute_one_caps_it():
-    g = StepGuard(clip_factor=3.0, min_history=3, window=10)
+    g = StepGuard(clip_factor=3.0, min_history=3, window=10,
+                  spike_factor=0.0, max_consecutive=20, spike_patience=20)
     assert [g.check(s, 1.0, 2.0).max_norm for s in range(3)] == [None, None, None]  # no history yet: no bound
     assert g.check(3, 1.0, 4.0).max_norm == pytest.approx(6.0)  # 3 x median {2, 2, 2}
-    capped = StepGuard(clip=5.0, clip_factor=3.0, min_history=3, window=10)
+    capped = StepGuard(clip=5.0, clip_factor=3.0, min_history=3, window=10,
+                  spike_factor=0.0, max_consecutive=20, spike_patience=20)
     assert capped.check(0, 1.0, 2.0).max_norm == 5.0  # the absolute bound holds from the first step
     for s in range(1, 4):
         capped.check(s, 1.0, 2.0)
@@ -131,7 +134,8 @@ def test_the_relative_clip_bound_follows_the_running_median_and_the_absolute_one
 
 
 def test_guard_summary_finds_loss_spikes_after_the_warm_up():
-    g = StepGuard(window=10, min_history=5, warmup_steps=20)
+    g = StepGuard(window=10, min_history=5, warmup_steps=20,
+                  clip_factor=0.0, spike_factor=0.0, max_consecutive=20, spike_patience=20)
     losses = [100.0 - i for i in range(40)]
     losses[10] = 1000.0  # in the warm-up: not counted
     losses[30] = 4 * losses[29]  # after it: 4x the running median
@@ -144,10 +148,12 @@ def test_guard_summary_finds_loss_spikes_after_the_warm_up():
 
 
 def test_guard_state_survives_a_checkpoint():
-    g = StepGuard(window=10, min_history=2)
+    g = StepGuard(window=10, min_history=2, clip_factor=0.0, spike_factor=0.0, max_consecutive=20,
+                  spike_patience=20)
     for step in range(5):
         g.check(step, loss=float(step), norm=1.0 + step)
-    h = StepGuard(window=10, min_history=2)
+    h = StepGuard(window=10, min_history=2, clip_factor=0.0, spike_factor=0.0, max_consecutive=20,
+                  spike_patience=20)
     h.load_state_dict(json.loads(json.dumps(g.state_dict())))  # plain numbers only (weights_only checkpoints)
     assert h.steps == g.steps and h.norms.median == g.norms.median
 
@@ -170,21 +176,21 @@ def test_the_clip_value_reaches_the_optimizer_step(tmp_path, monkeypatch):
         return step(self, then_record)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
-    module = PoseModule(ARCH, optim(grad_clip=clip))
+    module = PoseModule(ARCH, optim(grad_clip=clip), head_init="tao")
     fit_tiny(tmp_path, module, Batches(6))
     pre_clip = [r[2] for r in module.guard.steps]
     assert len(seen) == 6 and min(pre_clip) > 10 * clip  # the summed loss's gradient is far above 0.5
     assert max(seen) <= clip * (1 + 1e-4)
     assert module.guard.summary()["clipped_steps"] == 6
 
-    free = PoseModule(ARCH, optim(grad_clip=None))
+    free = PoseModule(ARCH, optim(grad_clip=None), head_init="tao")
     seen.clear()
     fit_tiny(tmp_path, free, Batches(6))
     assert min(seen) > 10 * clip  # without the clip the optimizer gets the raw gradient
 
 
 def test_a_non_finite_loss_is_skipped_counted_and_training_goes_on(tmp_path):
-    module = PoseModule(ARCH, optim())
+    module = PoseModule(ARCH, optim(), head_init="tao")
     trainer = fit_tiny(tmp_path, module, Batches(8, poison=frozenset({3})))
     assert trainer.global_step == 8  # the schedule counted the skipped step too
     s = module.guard.summary()
@@ -198,7 +204,7 @@ def test_a_non_finite_loss_is_skipped_counted_and_training_goes_on(tmp_path):
 
 
 def test_consecutive_non_finite_steps_stop_the_run_with_a_clear_error(tmp_path):
-    module = PoseModule(ARCH, optim())  # max_consecutive=3
+    module = PoseModule(ARCH, optim(), head_init="tao")  # max_consecutive=3
     with pytest.raises(TrainingDiverged, match="4 optimizer steps in a row were skipped as non-finite"):
         fit_tiny(tmp_path, module, Batches(10, poison=frozenset({2, 3, 4, 5, 6})))
 

@@ -24,9 +24,7 @@ into [0, 1): people with more and surer parts rank first, fragments last.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import cv2
 import numba
@@ -34,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from posekit.config import ConfigError, DecodeConfig
+from posekit.config import DecodeConfig
 from posekit.skeleton import Skeleton
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -71,41 +69,32 @@ class People:
         return People(self.keypoints[keep], self.scores[keep])
 
 
-def _cfg_value(cfg: Any, key: str) -> Any:
-    return cfg[key] if isinstance(cfg, Mapping) else getattr(cfg, key)
-
-
 class Decoder:
     """Maps -> :class:`People` for one skeleton.
 
     Args:
         skeleton: joints and limbs (the same as the encoder's).
-        decode_cfg: a :class:`posekit.config.DecodeConfig` (or the ``codec.decode`` DictConfig); None = defaults.
+        decode_cfg: the ``codec.decode`` section (:class:`posekit.config.DecodeConfig`, e.g.
+            ``OmegaConf.to_object(cfg.codec.decode)``), checked by ``posekit.config.validate``; None = defaults.
         stride: the network's output stride (8).
     """
 
-    def __init__(self, skeleton: Skeleton, decode_cfg: Any = None, stride: int = 8):
+    def __init__(self, skeleton: Skeleton, decode_cfg: DecodeConfig | None = None, stride: int = 8):
         cfg = DecodeConfig() if decode_cfg is None else decode_cfg
         self.skeleton = skeleton
         self.stride = int(stride)
-        self.upsample = int(_cfg_value(cfg, "upsample"))
-        self.smooth_sigma = float(_cfg_value(cfg, "smooth_sigma"))
-        self.nms_window = int(_cfg_value(cfg, "nms_window"))
-        self.peak_threshold = float(_cfg_value(cfg, "peak_threshold"))
-        self.subpixel = bool(_cfg_value(cfg, "subpixel"))
-        self.paf_samples = int(_cfg_value(cfg, "paf_samples"))
-        self.paf_min_score = float(_cfg_value(cfg, "paf_min_score"))
-        self.paf_min_ratio = float(_cfg_value(cfg, "paf_min_ratio"))
-        self.min_parts = int(_cfg_value(cfg, "min_parts"))
-        self.min_mean_score = float(_cfg_value(cfg, "min_mean_score"))
-        self.max_people = int(_cfg_value(cfg, "max_people"))
-        self.max_peaks = int(_cfg_value(cfg, "max_peaks"))
-        if self.upsample < 1:
-            raise ConfigError(f"codec.decode.upsample={self.upsample}: must be >= 1 (1 = decode on the stride-8 maps)")
-        if self.nms_window < 3 or self.nms_window % 2 == 0:
-            raise ConfigError(f"codec.decode.nms_window={self.nms_window}: must be an odd number >= 3")
-        if self.paf_samples < 2:
-            raise ConfigError(f"codec.decode.paf_samples={self.paf_samples}: must be >= 2")
+        self.upsample = int(cfg.upsample)
+        self.smooth_sigma = float(cfg.smooth_sigma)
+        self.nms_window = int(cfg.nms_window)
+        self.peak_threshold = float(cfg.peak_threshold)
+        self.subpixel = bool(cfg.subpixel)
+        self.paf_samples = int(cfg.paf_samples)
+        self.paf_min_score = float(cfg.paf_min_score)
+        self.paf_min_ratio = float(cfg.paf_min_ratio)
+        self.min_parts = int(cfg.min_parts)
+        self.min_mean_score = float(cfg.min_mean_score)
+        self.max_people = int(cfg.max_people)
+        self.max_peaks = int(cfg.max_peaks)
         # "at least paf_min_ratio of the samples" (TAO's `> 0.8 * 10` is paf_min_ratio=0.9 here)
         self.min_count = max(1, math.ceil(self.paf_min_ratio * self.paf_samples - 1e-9))
         self.limbs = np.asarray(skeleton.limbs, dtype=np.int64).reshape(-1, 2)
@@ -253,7 +242,7 @@ def _on_device(x: ArrayLike) -> bool:
     return isinstance(x, torch.Tensor) and x.device.type != "cpu"
 
 
-def decode(heatmaps: ArrayLike, pafs: ArrayLike, skeleton: Skeleton, decode_cfg: Any = None,
+def decode(heatmaps: ArrayLike, pafs: ArrayLike, skeleton: Skeleton, decode_cfg: DecodeConfig | None = None,
            stride: int = 8) -> People:
     """One-off decode (builds a :class:`Decoder`; keep a Decoder around when decoding many images)."""
     return Decoder(skeleton, decode_cfg, stride)(heatmaps, pafs)

@@ -18,7 +18,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from posekit.codec.encode import Encoder
-from posekit.config import ConfigError
 from posekit.data.coco import PoseDataset, collate_people
 from posekit.data.paths import DataPaths, resolve_data
 from posekit.skeleton import Skeleton
@@ -31,7 +30,7 @@ def configure_worker(worker_id: int, nice: int = 0) -> None:
     workers each running ``warpAffine``/``resize`` on all cores oversubscribe the CPU N-fold (on a 16-core GPU
     host 14 workers delivered a fraction of their single-core rate). Parallelism comes from the workers.
 
-    ``nice`` (``data.worker_nice``): the training process's main thread is what queues the GPU's work, and
+    ``nice`` (``debug.worker_nice``): the training process's main thread is what queues the GPU's work, and
     when it waits for a core the GPU idles; niced workers run on whatever CPU the training process leaves
     instead of taking turns with it.
     """
@@ -60,7 +59,7 @@ def worker_context() -> str:
 
 class ReplayedBatches:
     """The first ``count`` batches of ``loader``, held in (pinned) memory and replayed for an epoch of
-    ``len(loader)`` batches: the same training step without the data pipeline (``data.memory_batches``, the
+    ``len(loader)`` batches: the same training step without the data pipeline (``debug.memory_batches``, the
     reference the real pipeline's images/s is measured against in docs/results.md).
 
     The batches are fetched when the first epoch starts; the loader is dropped then, and with it its workers, so
@@ -103,10 +102,7 @@ class PoseDataModule(pl.LightningDataModule):
         self.val_set: PoseDataset | None = None
         # data.targets_on_device: workers ship keypoints, the training device renders heatmaps and PAFs
         self.targets_on_device = bool(cfg.data.get("targets_on_device", False))
-        self.worker_nice = int(cfg.data.worker_nice)
-        if not 0 <= self.worker_nice <= 19:
-            raise ConfigError(f"data.worker_nice={self.worker_nice}: use 0 (off) to 19; the workers can only lower "
-                              "their priority below the training process's, not raise it")
+        self.worker_nice = int(cfg.debug.worker_nice)  # range checked by config.validate
         self.encoder = Encoder(self.skeleton, self.input_hw, cfg.codec)
 
     @cached_property
@@ -153,8 +149,8 @@ class PoseDataModule(pl.LightningDataModule):
         if self.train_set is None:
             self.setup("fit")
         loader = self._loader(self.train_set, train=True)
-        if int(self.cfg.data.get("memory_batches") or 0) > 0:
-            return ReplayedBatches(loader, int(self.cfg.data.memory_batches))
+        if int(self.cfg.debug.memory_batches) > 0:
+            return ReplayedBatches(loader, int(self.cfg.debug.memory_batches))
         return loader
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:

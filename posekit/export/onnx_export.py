@@ -37,7 +37,7 @@ from posekit.errors import UserError
 log = logging.getLogger(__name__)
 
 OUTPUT_NAMES = ("heatmaps", "pafs")
-DATA_FORMATS = ("channels_first", "channels_last")
+DATA_FORMATS = ("channels_first", "channels_last")  # export.data_format, checked by posekit.config.validate
 NORMALIZATION = "RGB, x/256 - 0.5"
 
 
@@ -77,8 +77,6 @@ def export_onnx(
     The input has a fixed (H, W) and a fixed batch of 1 unless ``dynamic_batch`` (then a ``batch`` dim).
     ``metadata`` is stored in the model's ``metadata_props`` next to posekit's own keys (``posekit.*``).
     """
-    if data_format not in DATA_FORMATS:
-        raise UserError(f"export.data_format={data_format!r}: allowed values are {list(DATA_FORMATS)}")
     module = (ChannelsLastInput(model) if data_format == "channels_last" else model).eval()
     # a dynamic batch is traced with batch 2: torch.export specializes dimensions of size 0 and 1
     example = torch.zeros(input_shape(input_hw, data_format, batch=2 if dynamic_batch else 1), dtype=torch.float32)

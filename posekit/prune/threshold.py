@@ -23,16 +23,14 @@ result does not depend on the order in which groups are pruned.
 from __future__ import annotations
 
 import copy
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from numbers import Real
 from typing import Any
 
 import torch
 from torch import nn
 
-from posekit.config import ConfigError
+from posekit.config import ConfigError, PruneConfig
 from posekit.prune.compensate import fold_into_consumers, removed_channel_output
 from posekit.prune.history import dependency_graph, following_bn
 from posekit.prune.report import pruning_report
@@ -57,46 +55,25 @@ class PruneSettings:
     min_filters: int = 16
     excluded_layers: tuple[str, ...] = field(default_factory=tuple)
 
-    @classmethod
-    def from_config(cls, cfg: Any) -> PruneSettings:
-        """From a ``PruneSettings``, the ``prune`` DictConfig / ``PruneConfig`` or a plain mapping.
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "excluded_layers", _names(self.excluded_layers))
 
-        Raises :class:`ConfigError` (a ``UserError``) naming the key and the allowed values.
-        """
+    @classmethod
+    def from_config(cls, cfg: PruneConfig | PruneSettings) -> PruneSettings:
+        """From the ``prune`` section (:class:`posekit.config.PruneConfig`, checked by ``posekit.config.validate``)."""
         if isinstance(cfg, PruneSettings):
             return cfg
-
-        def get(key: str, default: Any) -> Any:
-            if isinstance(cfg, Mapping):
-                return cfg.get(key, default)
-            return getattr(cfg, key, default)
-
-        pth = get("pth", 0.2)
-        if isinstance(pth, bool) or not isinstance(pth, Real) or math.isnan(pth) or pth < 0:
-            raise ConfigError(f"prune.pth={pth!r}: the pruning threshold must be a number >= 0 (TAO: 0.05..3.0)")
-        settings = cls(
-            pth=float(pth),
-            norm=str(get("norm", "l2")),
-            normalizer=str(get("normalizer", "max")),
-            equalization=str(get("equalization", "union")),
-            fold_bn=get("fold_bn", False),
-            compensate=get("compensate", False),
-            granularity=get("granularity", 8),
-            min_filters=get("min_filters", 16),
-            excluded_layers=_names(get("excluded_layers", None)),
+        return cls(
+            pth=float(cfg.pth),
+            norm=str(cfg.norm),
+            normalizer=str(cfg.normalizer),
+            equalization=str(cfg.equalization),
+            fold_bn=bool(cfg.fold_bn),
+            compensate=bool(cfg.compensate),
+            granularity=int(cfg.granularity),
+            min_filters=int(cfg.min_filters),
+            excluded_layers=_names(cfg.excluded_layers),
         )
-        for key, allowed in (("norm", NORMS), ("normalizer", NORMALIZERS), ("equalization", EQUALIZATIONS)):
-            if getattr(settings, key) not in allowed:
-                value = getattr(settings, key)
-                raise ConfigError(f"prune.{key}={value!r} is not allowed; allowed values: {list(allowed)}")
-        for key in ("fold_bn", "compensate"):
-            if not isinstance(getattr(settings, key), bool):
-                raise ConfigError(f"prune.{key}={getattr(settings, key)!r} must be true or false")
-        for key in ("granularity", "min_filters"):
-            value = getattr(settings, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError("prune.granularity and prune.min_filters must be >= 1 (TAO: 8 and 16)")
-        return settings
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -313,14 +290,14 @@ def _notes(model: nn.Module, settings: PruneSettings, decisions: Sequence[GroupD
 
 # --------------------------------------------------------------------------------------------- entry point
 def prune_model(
-    model: nn.Module, prune_cfg: Any, input_hw: Sequence[int]
+    model: nn.Module, prune_cfg: PruneConfig | PruneSettings, input_hw: Sequence[int]
 ) -> tuple[nn.Module, list[list], dict[str, Any]]:
     """Threshold-prune a copy of ``model`` (``model`` itself is not modified).
 
     Args:
         model: a ``BpNetLite`` (or any conv net taking ``(N, 3, H, W)``; its ``output_convs()``, if defined,
             are never pruned).
-        prune_cfg: the ``prune`` config section (or a ``PruneSettings``); validated first.
+        prune_cfg: the ``prune`` config section (:class:`posekit.config.PruneConfig`) or a ``PruneSettings``.
         input_hw: resolution for the FLOPs report, e.g. ``cfg.model.input_shape``.
 
     Returns:

@@ -15,7 +15,6 @@ import contextlib
 import importlib
 import logging
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from posekit.config import RuntimeConfig
 from posekit.errors import MissingArtifactError, UserError
 
 log = logging.getLogger(__name__)
@@ -67,14 +67,6 @@ class Backend:
         return f"{type(self).__name__}(input_hw={self.input_hw}, meta={self.meta})"
 
 
-def _cfg_get(cfg: Any, key: str, default: Any) -> Any:
-    if cfg is None:
-        return default
-    if isinstance(cfg, Mapping):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
-
-
 class TorchBackend(Backend):
     """A BpNetLite (or any module returning per-stage lists, or a final ``(heatmaps, pafs)`` pair) in PyTorch.
 
@@ -114,11 +106,13 @@ class TorchBackend(Backend):
         self._graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple]] = {}
 
     @classmethod
-    def from_path(cls, path: str | os.PathLike, runtime_cfg: Any = None) -> "TorchBackend":
-        """Load a posekit model file (``.pt``) or a Lightning checkpoint (``.ckpt``) for inference."""
+    def from_path(cls, path: str | os.PathLike, runtime_cfg: RuntimeConfig | None = None) -> "TorchBackend":
+        """Load a posekit model file (``.pt``) or a Lightning checkpoint (``.ckpt``) for inference;
+        ``runtime_cfg``: the ``runtime`` section (None: its defaults)."""
         from posekit.model import load_model
 
-        dev = str(_cfg_get(runtime_cfg, "device", "auto"))
+        runtime_cfg = RuntimeConfig() if runtime_cfg is None else runtime_cfg
+        dev = str(runtime_cfg.device)
         device = ("cuda" if torch.cuda.is_available() else "cpu") if dev == "auto" else dev
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError(f"runtime.device={dev!r} but CUDA is not available; use runtime.device=cpu or auto")
@@ -128,17 +122,17 @@ class TorchBackend(Backend):
             raise MissingArtifactError(str(e)) from e
         except (ValueError, KeyError, RuntimeError) as e:
             raise UserError(f"cannot load model {path}: {e}") from e
-        channels_last = bool(_cfg_get(runtime_cfg, "channels_last", True))
+        channels_last = bool(runtime_cfg.channels_last)
         model = model.to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         # CUDA graphs need repeated shapes: strict mode gives every image the same input
-        strict = _cfg_get(runtime_cfg, "mode", "strict") == "strict"
-        graphs = bool(_cfg_get(runtime_cfg, "cuda_graphs", True)) and strict
+        strict = runtime_cfg.mode == "strict"
+        graphs = bool(runtime_cfg.cuda_graphs) and strict
         return cls(
             model,
             device=device,
-            precision=str(_cfg_get(runtime_cfg, "torch_precision", "fp32")),
+            precision=str(runtime_cfg.torch_precision),
             channels_last=channels_last,
             cuda_graphs=graphs,
             meta={"artifact": str(path), "arch": info["arch"], "model_meta": info["meta"]},
@@ -223,7 +217,7 @@ def backend_class(path: str | os.PathLike) -> type:
     return getattr(module, cls_name)
 
 
-def load_backend(path: str | os.PathLike, runtime_cfg: Any = None) -> Backend:
+def load_backend(path: str | os.PathLike, runtime_cfg: RuntimeConfig | None = None) -> Backend:
     """Open any artifact as a :class:`Backend`: ``.pt``/``.ckpt`` -> torch, ``.onnx`` -> ONNX Runtime,
     ``.engine``/``.plan`` -> TensorRT. Missing files and unknown suffixes raise :class:`UserError`."""
     path = Path(os.path.expanduser(str(path)))

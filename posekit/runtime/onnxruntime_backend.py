@@ -12,12 +12,12 @@ model's upsampled PAFs are strided back to the stride-8 grid (nearest upsampling
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from posekit.config import RuntimeConfig
 from posekit.errors import UserError
 from posekit.export.artifacts import precision_from_name
 from posekit.runtime.backends import Backend
@@ -79,10 +79,10 @@ class OrtBackend(Backend):
         }
 
     @classmethod
-    def from_path(cls, path: str | os.PathLike, runtime_cfg: Any = None) -> "OrtBackend":
-        """``runtime_cfg``: ``cfg.runtime`` (``device``, ``ort_threads``), a mapping, or None for defaults."""
-        return cls(path, device=str(_setting(runtime_cfg, "device", "auto")),
-                   threads=int(_setting(runtime_cfg, "ort_threads", 0)))
+    def from_path(cls, path: str | os.PathLike, runtime_cfg: RuntimeConfig | None = None) -> "OrtBackend":
+        """``runtime_cfg``: the ``runtime`` section (``device``, ``ort_threads``); None for its defaults."""
+        runtime_cfg = RuntimeConfig() if runtime_cfg is None else runtime_cfg
+        return cls(path, device=str(runtime_cfg.device), threads=int(runtime_cfg.ort_threads))
 
     # ------------------------------------------------------------------ inference
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -135,9 +135,3 @@ class OrtBackend(Backend):
                 "name them 'heatmaps' and 'pafs'."
             )
         return heat, paf
-
-
-def _setting(cfg: Any, key: str, default: Any) -> Any:
-    if cfg is None:
-        return default
-    return cfg.get(key, default) if isinstance(cfg, Mapping) else getattr(cfg, key, default)

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -32,40 +31,36 @@ from posekit.codec.decode import Decoder, People
 from posekit.config import CodecConfig, RuntimeConfig
 from posekit.errors import UserError
 from posekit.runtime.backends import Backend
-from posekit.runtime.preprocess import Prepared, check_mode, invert_affine, preprocess, scaled_input_hw
+from posekit.runtime.preprocess import Prepared, invert_affine, preprocess, scaled_input_hw
 from posekit.skeleton import Skeleton
 
 log = logging.getLogger(__name__)
-
-
-def _get(cfg: Any, key: str) -> Any:
-    return cfg[key] if isinstance(cfg, Mapping) else getattr(cfg, key)
 
 
 class Predictor:
     """Args:
         backend: any :class:`~posekit.runtime.backends.Backend`.
         skeleton: the keypoint set the model was trained with.
-        codec_cfg: ``cfg.codec`` (stride + ``decode`` section); None = defaults.
-        runtime_cfg: ``cfg.runtime`` (mode, scales, flip, interpolation, batch_size); None = defaults.
+        codec_cfg: the ``codec`` section (:class:`~posekit.config.CodecConfig`: stride + ``decode``); None = defaults.
+        runtime_cfg: the ``runtime`` section (:class:`~posekit.config.RuntimeConfig`: mode, scales, flip,
+            interpolation, batch_size); None = defaults. Both are checked by ``posekit.config.validate``.
         input_hw: the network input (H, W) (``cfg.model.input_shape``); a backend with a fixed input overrides
             it and forces strict mode and a single scale (as TAO does for TensorRT engines).
     """
 
-    def __init__(self, backend: Backend, skeleton: Skeleton, codec_cfg: Any = None, runtime_cfg: Any = None,
-                 input_hw: Sequence[int] = (288, 384)):
+    def __init__(self, backend: Backend, skeleton: Skeleton, codec_cfg: CodecConfig | None,
+                 runtime_cfg: RuntimeConfig | None, input_hw: Sequence[int]):
         codec_cfg = CodecConfig() if codec_cfg is None else codec_cfg
         runtime_cfg = RuntimeConfig() if runtime_cfg is None else runtime_cfg
         self.backend = backend
         self.skeleton = skeleton
-        self.stride = int(_get(codec_cfg, "stride"))
-        self.decoder = Decoder(skeleton, _get(codec_cfg, "decode"), self.stride)
-        self.mode = str(_get(runtime_cfg, "mode"))
-        self.interpolation = str(_get(runtime_cfg, "interpolation"))
-        check_mode(self.mode, self.interpolation)
-        self.scales = sorted(float(s) for s in _get(runtime_cfg, "scales"))
-        self.flip = bool(_get(runtime_cfg, "flip"))
-        self.batch_size = max(1, int(_get(runtime_cfg, "batch_size")))
+        self.stride = int(codec_cfg.stride)
+        self.decoder = Decoder(skeleton, codec_cfg.decode, self.stride)
+        self.mode = str(runtime_cfg.mode)
+        self.interpolation = str(runtime_cfg.interpolation)
+        self.scales = sorted(float(s) for s in runtime_cfg.scales)
+        self.flip = bool(runtime_cfg.flip)
+        self.batch_size = max(1, int(runtime_cfg.batch_size))
         self.input_hw = (int(input_hw[0]), int(input_hw[1]))
         fixed = getattr(backend, "input_hw", None)
         if fixed is not None:

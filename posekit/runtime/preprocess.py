@@ -20,10 +20,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from posekit.config import ConfigError
 from posekit.data.images import normalize
 
-MODES = ("strict", "adjust")
+MODES = ("strict", "adjust")  # runtime.mode and runtime.interpolation are checked by posekit.config.validate
 INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
 BORDER_VALUE = 128  # TAO's pad colour; normalizes to ~0
 
@@ -91,19 +90,9 @@ def apply_affine(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return np.asarray(points, np.float64) @ a[:, :2].T + a[:, 2]
 
 
-def check_mode(mode: str, interpolation: str = "linear") -> None:
-    if mode not in MODES:
-        raise ConfigError(f"runtime.mode={mode!r} is not allowed; allowed values: {list(MODES)}")
-    if interpolation not in INTERPOLATIONS:
-        raise ConfigError(
-            f"runtime.interpolation={interpolation!r} is not allowed; allowed values: {list(INTERPOLATIONS)}"
-        )
-
-
 def preprocess(image_rgb: np.ndarray, input_hw: tuple[int, int], mode: str = "strict",
                interpolation: str = "linear", multiple: int = 8) -> Prepared:
     """(h, w, 3) uint8 RGB -> :class:`Prepared` for a network input of (at most, in ``adjust``) ``input_hw``."""
-    check_mode(mode, interpolation)
     if image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
         raise ValueError(f"preprocess: expected an (H, W, 3) RGB image, got shape {image_rgb.shape}")
     image_hw = (int(image_rgb.shape[0]), int(image_rgb.shape[1]))

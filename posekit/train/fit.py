@@ -1,7 +1,10 @@
 """``fit``: the Lightning run shared by the train and retrain stages.
 
-Builds the data module, callbacks, loggers and Trainer from the config, resumes from ``last.ckpt`` when asked,
-trains, and exports the best (else last) weights as a posekit model file. The stages add what differs (where
+Builds the data module, callbacks and Trainer (``posekit.train.trainer``: ``trainer:`` passed through to
+``pl.Trainer``) from the config, resumes from ``last.ckpt`` when asked, trains, and exports the best (else last)
+weights as a posekit model file. ``fit`` reads as its pieces: seeding, :func:`resolve_validation`,
+:func:`run_callbacks`, ``build_trainer``, :func:`resume_from`, then :func:`select_weights`, :func:`run_figures`
+and :func:`export_model`. The stages add what differs (where
 the network comes from, the stage folder, the summary).
 
 Checkpoints (``<stage dir>/checkpoints``):
@@ -16,9 +19,8 @@ Checkpoints (``<stage dir>/checkpoints``):
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +28,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, Timer
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-from posekit.config import ConfigError
 from posekit.errors import UserError
 from posekit.model.io import read_checkpoint, save_model
 from posekit.train.callbacks import (
@@ -42,6 +42,7 @@ from posekit.train.callbacks import (
     snapshot,
 )
 from posekit.train.module import PoseModule
+from posekit.train.trainer import build_trainer, resolve_precision, runtime_precision
 
 log = logging.getLogger("posekit.train")
 
@@ -63,57 +64,7 @@ class FitResult:
     figures: dict[str, Any] = field(default_factory=dict)
 
 
-# --------------------------------------------------------------------------------------------- trainer settings
-def resolve_accelerator(trainer_cfg: DictConfig) -> str:
-    acc = str(trainer_cfg.accelerator)
-    if acc == "auto":
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    return acc
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 convolutions run natively (about 2x fp32 on such CPUs); without them oneDNN
-    emulates bf16 and mixed precision is slower than fp32."""
-    cpu = torch.cpu
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private torch API: absent = no
-    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
-
-
-def resolve_precision(trainer_cfg: DictConfig) -> str:
-    """``trainer.precision=auto``: bf16-mixed on a GPU with bf16 (Ampere+; else 16-mixed with loss scaling);
-    on a CPU bf16-mixed where the CPU computes bf16 natively, else 32-true."""
-    prec = str(trainer_cfg.precision)
-    if prec != "auto":
-        return prec
-    if resolve_accelerator(trainer_cfg) in ("gpu", "cuda"):
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
-
-
-def runtime_precision(trainer_precision: str) -> str:
-    """The torch backend precision validation AP runs at: the training autocast dtype."""
-    if trainer_precision.startswith("bf16"):
-        return "bf16"
-    if trainer_precision.startswith("16"):
-        return "fp16"
-    return "fp32"
-
-
-def slurm_plugins() -> list[Any]:
-    """Under an srun-launched SLURM job: ``SLURMEnvironment(auto_requeue=False)``.
-
-    submitit (``hydra/launcher=slurm``) installs its own pre-emption handler and requeues the job; Lightning's
-    auto-requeue would race it for the same signal, so submitit owns requeueing and the re-run job resumes from
-    ``last.ckpt`` (``train.resume=true``). Interactive allocations (``salloc`` shells) are left to Lightning's
-    own process launcher, as ``SLURMEnvironment.detect()`` decides.
-    """
-    if "SLURM_JOB_ID" not in os.environ or "SLURM_NTASKS" not in os.environ:
-        return []
-    from pytorch_lightning.plugins.environments import SLURMEnvironment
-
-    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
-
-
+# --------------------------------------------------------------------------------------------- validation
 @dataclass
 class Validation:
     """Resolved validation settings: whether val loss / AP run, and what checkpoints monitor."""
@@ -130,9 +81,9 @@ def resolve_validation(cfg: DictConfig) -> Validation:
 
     ``val/AP`` needs validation (``trainer.limit_val_batches`` > 0) and ``train.val_every_n_epochs`` >= 1 and
     ``train.val_max_images`` != 0; else the monitor falls back to ``val/loss`` (if validation runs) or
-    ``train/loss``.
+    ``train/loss``. ``config.validate`` has checked the values (monitor, cadence).
     """
-    t, tr = cfg.train, cfg.trainer
+    t, tr = cfg.train, cfg.trainer  # the values were checked by posekit.config.validate
     every_val = int(tr.check_val_every_n_epoch or 0)
     val_loss = tr.limit_val_batches not in (0, 0.0) and every_val >= 1
     ap = (
@@ -140,16 +91,7 @@ def resolve_validation(cfg: DictConfig) -> Validation:
         and int(t.val_every_n_epochs or 0) >= 1
         and (t.val_max_images is None or int(t.val_max_images) > 0)
     )
-    if ap and int(t.val_every_n_epochs) % every_val:
-        raise ConfigError(
-            f"train.val_every_n_epochs={t.val_every_n_epochs} must be a multiple of "
-            f"trainer.check_val_every_n_epoch={every_val} (AP is computed during validation). "
-            f"E.g. train.val_every_n_epochs={every_val * max(1, int(t.val_every_n_epochs) // every_val)}."
-        )
     monitor = str(t.monitor)
-    allowed = ("val/AP", "val/loss", "train/loss")
-    if monitor not in allowed:
-        raise ConfigError(f"train.monitor={monitor!r}: allowed values are {list(allowed)}")
     if monitor == "val/AP" and not ap:
         monitor = "val/loss" if val_loss else "train/loss"
     if monitor == "val/loss" and not val_loss:
@@ -161,7 +103,9 @@ def resolve_validation(cfg: DictConfig) -> Validation:
 
 
 # --------------------------------------------------------------------------------------------- AP evaluator
-def coco_ap_evaluator(cfg: DictConfig, datamodule: Any, precision: str) -> Callable[[torch.nn.Module, torch.device], float]:
+def coco_ap_evaluator(
+    cfg: DictConfig, datamodule: Any, precision: str
+) -> Callable[[torch.nn.Module, torch.device], float]:
     """``(net, device) -> AP``: the real evaluator (decode + pycocotools) on up to ``train.val_max_images``
     val images, through a ``TorchBackend`` over the live network (no copy unless it is compiled)."""
     from posekit.evaluate.coco_eval import evaluate
@@ -169,7 +113,8 @@ def coco_ap_evaluator(cfg: DictConfig, datamodule: Any, precision: str) -> Calla
     from posekit.runtime.predictor import Predictor
 
     input_hw = tuple(int(v) for v in cfg.model.input_shape)
-    runtime_cfg = OmegaConf.merge(cfg.runtime, {"device": "auto", "cuda_graphs": False})
+    runtime_cfg = replace(OmegaConf.to_object(cfg.runtime), device="auto", cuda_graphs=False)
+    codec_cfg = OmegaConf.to_object(cfg.codec)
     compiled = bool(cfg.train.compile)
 
     def evaluate_ap(net: torch.nn.Module, device: torch.device) -> float:
@@ -178,7 +123,7 @@ def coco_ap_evaluator(cfg: DictConfig, datamodule: Any, precision: str) -> Calla
             model, device=str(device), precision=precision, channels_last=bool(cfg.train.channels_last),
             cuda_graphs=False,
         )
-        predictor = Predictor(backend, datamodule.skeleton, cfg.codec, runtime_cfg, input_hw)
+        predictor = Predictor(backend, datamodule.skeleton, codec_cfg, runtime_cfg, input_hw)
         metrics, _ = evaluate(
             predictor,
             datamodule.paths.val_ann,
@@ -227,55 +172,46 @@ def resumable(ckpt: Path, module: PoseModule) -> str | None:
     return None
 
 
-# --------------------------------------------------------------------------------------------- fit
-def fit(
-    cfg: DictConfig,
-    stage_dir: Path,
-    make_module: Callable[[], PoseModule],
-    *,
-    max_epochs: int,
-    max_steps: int | None = None,
-    max_time: str | None = None,
-    model_meta: dict[str, Any] | None = None,
-    on_arch_change: str = "error",
-    extra_callbacks: Sequence[pl.Callback] = (),
-) -> FitResult:
-    """Train ``make_module()`` on ``PoseDataModule(cfg)``; write checkpoints, logs and ``model.pt`` under
-    ``stage_dir``.
+def resume_from(cfg: DictConfig, ckpt_dir: Path, module: PoseModule, on_arch_change: str) -> Path | None:
+    """The ``last.ckpt`` to resume from (``train.resume``), None to start fresh; see :func:`fit` for
+    ``on_arch_change``."""
+    resume = last_checkpoint(ckpt_dir) if bool(cfg.train.resume) else None
+    if resume is None:
+        return None
+    differs = resumable(resume, module)
+    if differs and on_arch_change == "restart":
+        log.warning("%s holds another %s: starting over", resume, differs)
+        return None
+    if differs:
+        raise UserError(
+            f"cannot resume from {resume}: it was trained with a different {differs} than this run. Start "
+            "fresh with train.resume=false (overwrites its checkpoints), or use another experiment.name."
+        )
+    log.info("resuming from %s", resume)
+    return resume
 
-    The seed is set before the module is built, so initial weights, augmentation and shuffling repeat.
-    ``model_meta`` is stored in ``model.pt`` next to the network (skeleton, input shape, source...).
-    ``max_steps`` (default ``trainer.max_steps``) and ``max_epochs`` set the run's length, hence its schedule.
-    ``max_time`` ("DD:HH:MM:SS", default ``trainer.max_time``) is a safety cap only: the schedule follows the
-    steps, and a run the cap cuts short says so (``figures["stopped_early"]`` and a warning).
-    ``extra_callbacks`` join posekit's own (diagnostics, benchmarks).
-    ``on_arch_change``: what to do when ``last.ckpt`` holds another network than ``make_module()`` builds:
-    ``"error"`` (train: a changed ``model.*`` in an existing experiment is most likely a mistake, and starting
-    over would overwrite that run's checkpoints) or ``"restart"`` (retrain: the pruned model was re-made, the old
-    fine-tuning is obsolete).
-    """
-    from posekit.data.datamodule import PoseDataModule
 
-    startup = StartupClock()
-    max_steps = int(cfg.trainer.max_steps if max_steps is None else max_steps)
-    if max_epochs < 1 and max_steps < 1:
-        raise ConfigError("nothing to train: set trainer.max_steps >= 1 (or retrain.max_steps) or trainer.max_epochs")
-    pl.seed_everything(int(cfg.seed), workers=True)
-    val = resolve_validation(cfg)
-    datamodule = PoseDataModule(cfg)
-    module = make_module()
+# --------------------------------------------------------------------------------------------- callbacks
+@dataclass
+class RunCallbacks:
+    """posekit's own callbacks of a run (built from runtime objects, so by code, not from config)."""
 
-    tr = cfg.trainer
-    precision = resolve_precision(tr)
-    ckpt_dir = stage_dir / "checkpoints"
+    startup: StartupClock
+    meter: ThroughputMeter
+    progress: ProgressLog
+    ranks: RankRecord
+    ap: ValidationAP | None
+    history: EpochHistory
+    last: ModelCheckpoint
+    best: ModelCheckpoint
 
-    meter = ThroughputMeter()
-    ap_cb = (
-        ValidationAP(coco_ap_evaluator(cfg, datamodule, runtime_precision(precision)), int(cfg.train.val_every_n_epochs))
-        if val.ap
-        else None
-    )
-    history = EpochHistory(meter, ap_cb)
+    def all(self) -> list[pl.Callback]:
+        return [self.startup, self.meter, self.progress, self.ranks, *([self.ap] if self.ap else []), self.history,
+                self.last, self.best]
+
+
+def checkpoint_callbacks(cfg: DictConfig, val: Validation, ckpt_dir: Path) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    """``last.ckpt`` (every epoch or ``train.checkpoint_every_n_steps``) and ``best.ckpt`` by the monitor."""
     every_steps = int(cfg.train.checkpoint_every_n_steps or 0)
     last_cb = ModelCheckpoint(
         dirpath=ckpt_dir,
@@ -299,69 +235,26 @@ def fit(
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    progress = ProgressLog(int(cfg.train.progress_every_n_steps), enabled=not bool(tr.enable_progress_bar))
-    ranks = RankRecord()
-    callbacks = [startup, meter, progress, ranks, *([ap_cb] if ap_cb else []), history, last_cb, best_cb,
-                 *extra_callbacks]
-    loggers = [
-        CSVLogger(save_dir=str(stage_dir), name="csv"),
-        TensorBoardLogger(save_dir=str(stage_dir), name="tensorboard", default_hp_metric=False),
-    ]
-    trainer = pl.Trainer(
-        accelerator=resolve_accelerator(tr),
-        devices=tr.devices,
-        num_nodes=int(tr.num_nodes),
-        strategy=tr.strategy,
-        precision=precision,
-        max_epochs=max_epochs,
-        max_steps=max_steps,
-        max_time=max_time if max_time is not None else tr.max_time,
-        limit_train_batches=tr.limit_train_batches,
-        limit_val_batches=tr.limit_val_batches if val.loss else 0,
-        check_val_every_n_epoch=int(tr.check_val_every_n_epoch) if val.loss else 1,
-        num_sanity_val_steps=int(tr.num_sanity_val_steps) if val.loss else 0,
-        log_every_n_steps=int(tr.log_every_n_steps),
-        accumulate_grad_batches=int(tr.accumulate_grad_batches),
-        deterministic=bool(tr.deterministic),
-        benchmark=tr.benchmark,
-        sync_batchnorm=bool(tr.sync_batchnorm),
-        enable_progress_bar=bool(tr.enable_progress_bar),
-        profiler=tr.profiler,
-        callbacks=callbacks,
-        logger=loggers,
-        plugins=slurm_plugins(),
-        default_root_dir=str(stage_dir),
-    )
+    return last_cb, best_cb
 
-    resume = last_checkpoint(ckpt_dir) if bool(cfg.train.resume) else None
-    if resume is not None:
-        differs = resumable(resume, module)
-        if differs and on_arch_change == "restart":
-            log.warning("%s holds another %s: starting over", resume, differs)
-            resume = None
-        elif differs:
-            raise UserError(
-                f"cannot resume from {resume}: it was trained with a different {differs} than this run. Start "
-                "fresh with train.resume=false (overwrites its checkpoints), or use another experiment.name."
-            )
-        else:
-            log.info("resuming from %s", resume)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
 
-    # every rank takes part in the sum (a collective), before the other ranks return
-    replaced = trainer.strategy.reduce(
-        torch.as_tensor(module.replaced_samples, dtype=torch.float64, device=module.device), reduce_op="sum"
-    )
-    rank_records = ranks.gather(trainer)  # a collective too
-    result = FitResult(
-        is_global_zero=trainer.is_global_zero,
-        monitor=val.monitor,
-        resumed_from=resume,
-        global_step=int(trainer.global_step),
-    )
-    if not trainer.is_global_zero:
-        return result
+def run_callbacks(
+    cfg: DictConfig, val: Validation, datamodule: Any, precision: str, ckpt_dir: Path, startup: StartupClock
+) -> RunCallbacks:
+    meter = ThroughputMeter()
+    ap_cb = None
+    if val.ap:
+        evaluator = coco_ap_evaluator(cfg, datamodule, runtime_precision(precision))
+        ap_cb = ValidationAP(evaluator, int(cfg.train.val_every_n_epochs))
+    last_cb, best_cb = checkpoint_callbacks(cfg, val, ckpt_dir)
+    progress = ProgressLog(int(cfg.train.progress_every_n_steps), enabled=not bool(cfg.trainer.enable_progress_bar))
+    return RunCallbacks(startup, meter, progress, RankRecord(), ap_cb, EpochHistory(meter, ap_cb), last_cb, best_cb)
 
+
+# --------------------------------------------------------------------------------------------- after training
+def select_weights(result: FitResult, cbs: RunCallbacks, val: Validation, ckpt_dir: Path) -> Path:
+    """The checkpoint model.pt is written from: best by the monitor, else the last (fills ``result``)."""
+    best_cb, last_cb = cbs.best, cbs.last
     best = Path(best_cb.best_model_path) if best_cb.best_model_path else None
     last = Path(last_cb.best_model_path) if last_cb.best_model_path else last_checkpoint(ckpt_dir)
     result.best_ckpt = best if best is not None and best.is_file() else None
@@ -374,30 +267,42 @@ def fit(
     if source is None:
         raise UserError(f"training produced no checkpoint in {ckpt_dir} (0 steps run?); check trainer.* limits")
     result.weights = "best" if source == result.best_ckpt else "last"
+    return source
 
-    figures = history.summary()
-    if ap_cb is not None and ap_cb.best is not None:
-        figures["best_val_AP"] = ap_cb.best
-    figures["global_step"] = result.global_step
-    figures["startup"] = startup.phases()
+
+def run_figures(
+    trainer: pl.Trainer, module: PoseModule, datamodule: Any, cbs: RunCallbacks, val: Validation,
+    global_step: int, replaced: int, rank_records: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """summary.json's figures of the run: epochs, best AP, start-up, run length, data, ranks, guard."""
+    figures = cbs.history.summary()
+    if cbs.ap is not None and cbs.ap.best is not None:
+        figures["best_val_AP"] = cbs.ap.best
+    figures["global_step"] = global_step
+    figures["startup"] = cbs.startup.phases()
     figures["monitor"] = val.monitor
-    figures["best_monitor_value"] = float(best_cb.best_model_score) if best_cb.best_model_score is not None else None
-    figures.update(run_length(trainer, result.global_step))
+    score = cbs.best.best_model_score
+    figures["best_monitor_value"] = float(score) if score is not None else None
+    figures.update(run_length(trainer, global_step))
     train_set = datamodule.train_set
     figures["data"] = {  # what the loader dropped or skipped: nothing silent (docs/errors.md)
         "train_images": getattr(train_set, "num_images", None),
         "train_samples": len(train_set) if train_set is not None else None,
         "dropped_annotations": getattr(train_set, "num_dropped_annotations", 0),
-        "replaced_samples": int(replaced.item()),  # samples whose image was unreadable, replaced by the next one
+        "replaced_samples": replaced,  # samples whose image was unreadable, replaced by the next one
     }
     figures["ranks"] = rank_records  # per process: batches, images, sampled indices (RankRecord)
     if module.guard is not None:
         figures["guard"] = module.guard.summary()
-    result.figures = figures
+    return figures
 
-    # model.pt from the selected checkpoint's weights (rebuilt on the CPU, uncompiled). The checked read refuses
-    # non-finite weights: the guard keeps such updates out, and this is the last line before an artifact that
-    # other stages trust (model.pt is then not written).
+
+def export_model(
+    stage_dir: Path, module: PoseModule, source: Path, result: FitResult, model_meta: dict[str, Any] | None
+) -> Path:
+    """``model.pt`` from the selected checkpoint's weights (rebuilt on the CPU, uncompiled). The checked read
+    refuses non-finite weights: the guard keeps such updates out, and this is the last line before an artifact
+    that other stages trust (model.pt is then not written)."""
     state = read_checkpoint(source, hint="model.pt was not written.")["state_dict"]
     net = snapshot(module.net).cpu()
     net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
@@ -405,11 +310,72 @@ def fit(
         **(model_meta or {}),
         "weights": result.weights,
         "checkpoint": source.name,
-        "epochs": figures["epochs"],
-        "best_val_AP": figures.get("best_val_AP"),
+        "epochs": result.figures["epochs"],
+        "best_val_AP": result.figures.get("best_val_AP"),
     }
-    result.model_path = save_model(
-        stage_dir / "model.pt", net, pruning_history=module.hparams["pruning_history"], **meta
+    path = save_model(stage_dir / "model.pt", net, pruning_history=module.hparams["pruning_history"], **meta)
+    log.info("wrote %s (%s weights)", path, result.weights)
+    return path
+
+
+# --------------------------------------------------------------------------------------------- fit
+def fit(
+    cfg: DictConfig,
+    stage_dir: Path,
+    make_module: Callable[[], PoseModule],
+    *,
+    max_epochs: int,
+    max_steps: int | None = None,
+    max_time: str | None = None,
+    model_meta: dict[str, Any] | None = None,
+    on_arch_change: str = "error",
+    extra_callbacks: Sequence[pl.Callback] = (),
+) -> FitResult:
+    """Train ``make_module()`` on ``PoseDataModule(cfg)``; write checkpoints, logs and ``model.pt`` under
+    ``stage_dir``. ``cfg`` has passed ``posekit.config.validate`` (the run's length, validation cadence...).
+
+    The seed is set before the module is built, so initial weights, augmentation and shuffling repeat.
+    ``model_meta`` is stored in ``model.pt`` next to the network (skeleton, input shape, source...).
+    ``max_steps`` (default ``trainer.max_steps``) and ``max_epochs`` set the run's length, hence its schedule.
+    ``max_time`` ("DD:HH:MM:SS", default ``trainer.max_time``) is a safety cap only: the schedule follows the
+    steps, and a run the cap cuts short says so (``figures["stopped_early"]`` and a warning).
+    ``extra_callbacks`` join posekit's own (diagnostics, benchmarks).
+    ``on_arch_change``: what to do when ``last.ckpt`` holds another network than ``make_module()`` builds:
+    ``"error"`` (train: a changed ``model.*`` in an existing experiment is most likely a mistake, and starting
+    over would overwrite that run's checkpoints) or ``"restart"`` (retrain: the pruned model was re-made, the old
+    fine-tuning is obsolete).
+    """
+    from posekit.data.datamodule import PoseDataModule
+
+    startup = StartupClock()
+    max_steps = int(cfg.trainer.max_steps if max_steps is None else max_steps)
+    pl.seed_everything(int(cfg.seed), workers=True)
+    val = resolve_validation(cfg)
+    datamodule = PoseDataModule(cfg)
+    module = make_module()
+    ckpt_dir = stage_dir / "checkpoints"
+    cbs = run_callbacks(cfg, val, datamodule, resolve_precision(cfg.trainer), ckpt_dir, startup)
+    trainer = build_trainer(cfg, stage_dir, [*cbs.all(), *extra_callbacks], max_epochs=max_epochs,
+                            max_steps=max_steps, max_time=max_time, validate=val.loss)
+
+    resume = resume_from(cfg, ckpt_dir, module, on_arch_change)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+
+    # every rank takes part in the sum (a collective), before the other ranks return
+    replaced = trainer.strategy.reduce(
+        torch.as_tensor(module.replaced_samples, dtype=torch.float64, device=module.device), reduce_op="sum"
     )
-    log.info("wrote %s (%s weights)", result.model_path, result.weights)
+    rank_records = cbs.ranks.gather(trainer)  # a collective too
+    result = FitResult(
+        is_global_zero=trainer.is_global_zero,
+        monitor=val.monitor,
+        resumed_from=resume,
+        global_step=int(trainer.global_step),
+    )
+    if not trainer.is_global_zero:
+        return result
+    source = select_weights(result, cbs, val, ckpt_dir)
+    result.figures = run_figures(trainer, module, datamodule, cbs, val, result.global_step, int(replaced.item()),
+                                 rank_records)
+    result.model_path = export_model(stage_dir, module, source, result, model_meta)
     return result

@@ -96,15 +96,16 @@ class StepGuard:
 
     def __init__(
         self,
+        *,
         clip: float | None = None,
-        clip_factor: float = 0.0,
-        spike_factor: float = 0.0,
-        window: int = 200,
-        min_history: int = 50,
-        max_consecutive: int = 20,
+        clip_factor: float,
+        spike_factor: float,
+        window: int,
+        min_history: int,
+        max_consecutive: int,
+        spike_patience: int,
         warmup_steps: int = 0,
-        spike_patience: int = 20,
-    ):
+    ):  # no defaults for the guard's knobs: they are defined once, in posekit.config.GuardConfig
         self.clip = float(clip) if clip is not None and clip > 0 else None
         self.clip_factor = float(clip_factor)
         self.spike_factor = float(spike_factor)

@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from posekit.config import GuardConfig, TrainConfig
 from posekit.data.images import normalize_tensor
 from posekit.model.bpnet import BpNetLite, build_model
 from posekit.train.callbacks import DeviceScalars, logging_step, planned_steps
@@ -30,7 +31,7 @@ def plain(obj: Any) -> Any:
 
 
 def build_network(
-    arch: Mapping[str, Any], pruning_history: Sequence | None = None, head_init: str = "tao"
+    arch: Mapping[str, Any], pruning_history: Sequence | None = None, head_init: str = TrainConfig.head_init
 ) -> BpNetLite:
     """A fresh (randomly initialized) network of ``arch`` with ``head_init`` heads (``BpNetLite.init_heads``),
     pruned by ``pruning_history`` if given."""
@@ -72,7 +73,7 @@ class PoseModule(pl.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         lr_scale: float = 1.0,
-        head_init: str = "tao",
+        head_init: str = TrainConfig.head_init,
         config: Mapping[str, Any] | None = None,
         net: BpNetLite | None = None,
     ):
@@ -271,14 +272,14 @@ class PoseModule(pl.LightningModule):
 def build_guard(optim: Mapping[str, Any], total_steps: int) -> StepGuard:
     """The step guard from ``optim.grad_clip`` and ``optim.guard.*``; the loss-spike figure starts after the
     warm-up (``optim.warmup`` of the planned steps)."""
-    g = dict(optim.get("guard") or {})
+    guard = GuardConfig(**dict(optim.get("guard") or {}))  # keys left out take GuardConfig's defaults
     return StepGuard(
         clip=optim.get("grad_clip"),
-        clip_factor=float(g.get("clip_factor", 0.0)),
-        spike_factor=float(g.get("spike_factor", 0.0)),
-        window=int(g.get("window", 200)),
-        min_history=int(g.get("min_history", 50)),
-        max_consecutive=int(g.get("max_consecutive", 20)),
-        spike_patience=int(g.get("spike_patience", 20)),
+        clip_factor=float(guard.clip_factor),
+        spike_factor=float(guard.spike_factor),
+        window=int(guard.window),
+        min_history=int(guard.min_history),
+        max_consecutive=int(guard.max_consecutive),
+        spike_patience=int(guard.spike_patience),
         warmup_steps=int(round(float(optim.get("warmup", 0.0)) * total_steps)),
     )
