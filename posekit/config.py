@@ -46,7 +46,7 @@ class Precision(str, Enum):
 class ExperimentConfig:
     name: str = "default"
     root: str = "experiments"  # relative paths are relative to the directory launch.py was started from
-    dir: str = "${.root}/${.name}"  # every stage reads and writes under here (docs/experiment-layout.md)
+    dir: str = "${.root}/${.name}"  # every stage reads and writes under here (docs/architecture.md)
     # later stages take model.input_shape, keypoints and data from what the model was trained with (train/summary.json)
     # unless the command line sets them (posekit/inherit.py); false: the composed config as is
     inherit: bool = True

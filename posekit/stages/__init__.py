@@ -1,4 +1,6 @@
-"""One module per stage, each with ``run(cfg) -> dict`` of figures and a ``MAIN_METRIC`` key.
+"""One module per stage, each with ``run(cfg) -> dict`` and a ``MAIN_METRIC`` key. The dict holds the stage's
+figures and, under ``written``, the records of the files it wrote (:class:`posekit.export.artifacts.Artifact`), which
+the pipeline hands to the next step.
 
 ``run_stage`` validates the composed config, prepares the experiment (writable, locked, cleaned, the trained
 model's settings: :func:`posekit.preflight.prepared`), dispatches on ``cfg.stage`` and returns the main metric as
