@@ -20,7 +20,7 @@ from posekit.train.optim import (
     softstart_annealing_factor,
 )
 
-from tests.conftest import run_cli
+from tests.conftest import compose, run_cli
 
 
 def _targets(b=2, j=5, l2=6, h=4, w=6, seed=0):
@@ -573,3 +573,27 @@ def test_targets_on_device_train_exactly_like_targets_from_the_workers(tmp_path)
     device = losses("device", "data.targets_on_device=true")
     assert workers[1] < workers[0]  # it trained
     assert device == pytest.approx(workers, rel=1e-5)
+
+
+def test_the_trainer_section_and_the_callbacks_section_reach_the_trainer_as_configured(tmp_path):
+    """``trainer:`` is passed through to ``pl.Trainer`` (a key set on the command line arrives unchanged), posekit
+    resolves only what it owns (accelerator, precision "auto", the run's length, validation off), and a
+    ``callbacks:`` entry (``+callbacks=lr_monitor``) is instantiated and appended to posekit's own callbacks."""
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from posekit.train.trainer import build_trainer, config_callbacks, trainer_kwargs
+
+    cfg = compose("stage=train", "preset=tiny", "+callbacks=lr_monitor", "trainer.log_every_n_steps=7",
+                  "trainer.accumulate_grad_batches=3", "trainer.precision=auto", "trainer.accelerator=auto")
+    kwargs = trainer_kwargs(cfg, max_epochs=2, max_steps=11, max_time=None, validate=False)
+    assert kwargs["log_every_n_steps"] == 7 and kwargs["accumulate_grad_batches"] == 3
+    assert kwargs["max_steps"] == 11 and kwargs["max_epochs"] == 2
+    assert kwargs["accelerator"] == "cpu" and kwargs["precision"] in ("32-true", "bf16-mixed")  # "auto" resolved
+    assert kwargs["limit_val_batches"] == 0 and kwargs["num_sanity_val_steps"] == 0  # validate=False
+    extra = config_callbacks(cfg)
+    assert len(extra) == 1 and isinstance(extra[0], LearningRateMonitor) and extra[0].logging_interval == "step"
+
+    mine = ModelCheckpoint(dirpath=tmp_path)
+    trainer = build_trainer(cfg, tmp_path, [mine], max_epochs=2, max_steps=11, max_time=None, validate=True)
+    assert trainer.max_steps == 11 and trainer.accumulate_grad_batches == 3 and trainer.log_every_n_steps == 7
+    assert mine in trainer.callbacks and any(isinstance(c, LearningRateMonitor) for c in trainer.callbacks)
