@@ -61,6 +61,7 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg.runtime.interpolation, "runtime.interpolation", ["linear", "cubic"])
     _choice(cfg.runtime.torch_precision, "runtime.torch_precision", ["fp32", "fp16", "bf16"])
     _choice(cfg.export.data_format, "export.data_format", ["channels_first", "channels_last"])
+    _choice(cfg.export.trt_int8_source, "export.trt_int8_source", ["qdq", "cache"])
     _choice(cfg.precision.calibration.method, "precision.calibration.method", ["entropy", "minmax", "percentile"])
     _choice(cfg.prune.norm, "prune.norm", ["l2", "l1"])
     _choice(cfg.prune.normalizer, "prune.normalizer", ["max", "L2"])

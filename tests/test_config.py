@@ -56,6 +56,7 @@ def test_free_input_shape_override():
         ("prune.equalization=max", "prune.equalization", "union"),
         ("runtime.mode=stretch", "runtime.mode", "strict"),
         ("export.data_format=nhwc", "export.data_format", "channels_last"),
+        ("export.trt_int8_source=calib", "export.trt_int8_source", "qdq"),
         ("optim.name=lion", "optim.name", "adamw"),
     ],
 )

@@ -209,8 +209,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     ex = cfg.export
     precision = cfg.precision.name.value if hasattr(cfg.precision.name, "value") else str(cfg.precision.name)
-    if ex.trt_int8_source not in ("qdq", "cache"):
-        raise UserError(f"export.trt_int8_source={ex.trt_int8_source!r}: allowed values are ['qdq', 'cache']")
     exp = Experiment(cfg)
     src, tag = model_to_export(cfg, exp)
     net, info = _load(src)
