@@ -46,7 +46,7 @@ def main() -> None:
     from posekit.export.quantize import calibrate, quantize_for_cpu, save_ranges
     from posekit.runtime.onnxruntime_backend import OrtBackend
     from posekit.stages import eval as eval_stage
-    from posekit.stages.calibrate import prepare_calibration
+    from posekit.export.calibration_files import prepare_calibration
 
     cfg = compose([*args.overrides, "precision=int8"])
     exp = Experiment(cfg)
