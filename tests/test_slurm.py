@@ -72,6 +72,18 @@ def _squeue(env: dict, fmt: str) -> list[str]:
     out = subprocess.run(["squeue", "-h", "-o", fmt], env={**os.environ, **env}, capture_output=True, text=True)
     return out.stdout.split()
 
+def _preempt_and_restart(slurm_env, env) -> str:
+    """Send the running job USR2 (what SLURM sends ``signal_delay_s`` before the time limit, to every task);
+    submitit requeues it (``scontrol requeue``), and SLURM holds a requeued job for a while: start it now. Returns the job id."""
+    job = _squeue(slurm_env, "%i")[0]
+    subprocess.run(["scancel", "--signal=USR2", job], env=env, check=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and "PD" not in _squeue(slurm_env, "%t"):
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)
+    return job
+
+
 
 def test_a_sweep_with_hydra_launcher_slurm_runs_each_point_as_a_slurm_job(slurm_env, tmp_path):
     proc = run_cli("+sweep=tiny", *CPU_JOB, "prune.pth=0.1", f"experiment.root={tmp_path}", env=slurm_env,
@@ -113,13 +125,7 @@ def test_a_preempted_job_is_requeued_by_submitit_and_resumes_without_redoing_fin
                 break
             time.sleep(0.1)
         assert train_rec is not None, (tmp_path / "launch.log").read_text()[-3000:]
-        job = _squeue(slurm_env, "%i")[0]
-        subprocess.run(["scancel", "--signal=USR2", job], env=env, check=True)
-        # submitit requeues the job (scontrol requeue); SLURM holds a requeued job for a while: start it now
-        deadline = time.time() + 60
-        while time.time() < deadline and "PD" not in _squeue(slurm_env, "%t"):
-            time.sleep(0.2)
-        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)
+        job = _preempt_and_restart(slurm_env, env)
         assert proc.wait(timeout=180) == 0
     finally:
         if proc.poll() is None:
@@ -156,13 +162,7 @@ def test_ddp_as_two_slurm_tasks_is_preempted_requeued_and_resumes_from_last_ckpt
             time.sleep(0.1)
         assert (train / "checkpoints" / "last.ckpt").is_file(), (tmp_path / "launch.log").read_text()[-3000:]
         assert not (train / "summary.json").exists(), "training finished before the pre-emption: make it longer"
-        job = _squeue(slurm_env, "%i")[0]
-        # what SLURM sends signal_delay_s before the time limit (#SBATCH --signal=USR2@...), to every task
-        subprocess.run(["scancel", "--signal=USR2", job], env=env, check=True)
-        deadline = time.time() + 60
-        while time.time() < deadline and "PD" not in _squeue(slurm_env, "%t"):
-            time.sleep(0.2)
-        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)
+        job = _preempt_and_restart(slurm_env, env)
         assert proc.wait(timeout=300) == 0, (tmp_path / "launch.log").read_text()[-3000:]
     finally:
         if proc.poll() is None:

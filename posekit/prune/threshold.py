@@ -72,7 +72,7 @@ class PruneSettings:
             compensate=bool(cfg.compensate),
             granularity=int(cfg.granularity),
             min_filters=int(cfg.min_filters),
-            excluded_layers=_names(cfg.excluded_layers),
+            excluded_layers=cfg.excluded_layers,  # normalized by __post_init__
         )
 
     def as_dict(self) -> dict[str, Any]:
