@@ -8,6 +8,9 @@
 #   bash benchmarks/gpu_robust.sh seeds 0 1      # the README's GPU pipeline per seed, all seeds at once:
 #                                                # python launch.py stage=pipeline preset=gpu seed=S experiment.name=seed-S
 #   bash benchmarks/gpu_robust.sh collect        # summaries and logs of every seed run so far -> $OUT/seeds.tgz
+#   bash benchmarks/gpu_robust.sh probe-pair 2 3400   # seed 2 to step 3400 (schedule unchanged), two probes at once:
+#                                                # the preset as is, and with optim.l1_kernels=unnormalized
+#   bash benchmarks/gpu_robust.sh detach probe-pair 2 3400   # the same, detached (below)
 #   bash benchmarks/gpu_robust.sh detach 1 2     # copy the tree to /tmp/posekit-snap, then run the seeds there one
 #                                                # after another in a new session (setsid): later device calls may
 #                                                # re-send a changed tree without touching the run
@@ -23,15 +26,22 @@ case "${1:-}" in
     rm -rf "$SNAP"; mkdir -p "$SNAP"
     tar cf - --exclude=./experiments --exclude=./.git --exclude=./.venv . | tar xf - -C "$SNAP"
     shift
-    cd "$SNAP" && setsid nohup bash -c 'for s in "$@"; do bash benchmarks/gpu_robust.sh seeds "$s"; done; touch experiments/lab/ALL_DONE' _ "$@" \
-      > /tmp/posekit-detached.log 2>&1 < /dev/null &
+    mkdir -p "$SNAP/experiments/lab"
+    if [ "${1:-}" = probe-pair ]; then
+      cd "$SNAP" && setsid nohup bash -c 'bash benchmarks/gpu_robust.sh "$@"; touch experiments/lab/ALL_DONE' _ "$@" \
+        > /tmp/posekit-detached.log 2>&1 < /dev/null &
+    else
+      cd "$SNAP" && setsid nohup bash -c 'for s in "$@"; do bash benchmarks/gpu_robust.sh seeds "$s"; done; touch experiments/lab/ALL_DONE' _ "$@" \
+        > /tmp/posekit-detached.log 2>&1 < /dev/null &
+    fi
     sleep 2; echo "detached in $SNAP: seeds $*"; exit 0 ;;
   poll)
     [ -d "$SNAP" ] || { echo "no detached run on this machine"; exit 3; }
     out=${OUT:-/tmp}; end=$(( $(date +%s) + ${2:-560} ))
     while [ ! -e "$SNAP/experiments/lab/ALL_DONE" ] && [ "$(date +%s)" -lt "$end" ]; do sleep 15; done
-    for f in "$SNAP"/experiments/lab/seed-*.log; do
-      echo "== $f"; grep -E "progress|step [0-9]+/|pipeline step|AP [0-9]|Error|pipeline: " "$f" | tail -6 | cut -c1-220
+    for f in "$SNAP"/experiments/lab/seed-*.log "$SNAP"/experiments/lab/pp-*.log; do
+      [ -e "$f" ] || continue
+      echo "== $f"; grep -E "progress|step [0-9]+/|pipeline step|AP [0-9]|Error|pipeline: |skipped|steps, loss|off share|^\{" "$f" | tail -14 | cut -c1-400
     done
     [ -e "$SNAP/experiments/lab/ALL_DONE" ] && echo ALL_DONE
     cd "$SNAP" && OUT=$out bash benchmarks/gpu_robust.sh collect > /dev/null; exit 0 ;;
@@ -67,6 +77,21 @@ case "${1:-}" in
     for f in "$LAB"/*.log; do echo "== $f"; grep -E "^\{|steps, loss|dead ReLU|Error|error" "$f" | tail -12; done
     tar czf "$OUT/probe.tgz" "$LAB"/*.jsonl "$LAB"/*.report.json "$LAB"/*.log
     ;;
+  probe-pair)
+    seed=${2:?seed}; stop=${3:?stop step}
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    common=(preset=gpu seed="$seed" "data.num_workers=$(( nproc / 2 - 1 ))" train.resume=false ${EXTRA:-})
+    pp() {  # name, overrides...
+      local name=$1; shift
+      timeout "${PROBE_TIMEOUT:-900}" python3 -m benchmarks.spike_probe --out "$LAB" --stop-at "$stop" "${common[@]}" \
+        experiment.name="$name" "$@" > "$LAB/$name.log" 2>&1
+    }
+    pp "pp-s$seed-all" &
+    sleep 5  # the first one generates the synthetic set; the other waits on its lock
+    pp "pp-s$seed-unnorm" optim.l1_kernels=unnormalized &
+    wait
+    mkdir -p "$OUT"; tar czf "$OUT/probe-pair.tgz" "$LAB"/probe-pp-*.jsonl "$LAB"/probe-pp-*.report.json "$LAB"/pp-*.log
+    ;;
   seeds)
     shift
     n=$#
@@ -82,7 +107,8 @@ case "${1:-}" in
       [ -d "$d" ] || continue
       echo "== $d"; tail -25 "$LAB/$(basename "$d").log"
     done
-    find experiments -maxdepth 4 -name summary.json -path "*seed-*" | tar czf "$OUT/seeds.tgz" -T - "$LAB"/seed-*.log
+    find experiments -maxdepth 4 -name summary.json -path "*seed-*" | tar czf "$OUT/seeds.tgz" -T - "$LAB"/seed-*.log 2>/dev/null
+    ls "$LAB"/probe-pp-*.jsonl > /dev/null 2>&1 && tar czf "$OUT/probe-pair.tgz" "$LAB"/probe-pp-*.jsonl "$LAB"/probe-pp-*.report.json "$LAB"/pp-*.log 2>/dev/null
     ;;
-  *) echo "usage: $0 probe | seeds SEED... | collect" >&2; exit 2 ;;
+  *) echo "usage: $0 probe | probe-pair SEED STOP | seeds SEED... | collect" >&2; exit 2 ;;
 esac

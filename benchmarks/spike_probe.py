@@ -9,10 +9,14 @@ early without shortening the schedule), plus :class:`SpikeProbe`, which records 
 * the loss, and each stage's heatmap and PAF terms (recomputed from the forward pass's outputs);
 * the global gradient norm and each conv layer's weight-gradient norm, before clipping;
 * each ReLU's output RMS and the share of its channels that are dead (zero on every pixel of the batch);
-* each conv layer's weight norm, and the learning rate.
+* each conv layer's weight norm, and the learning rate;
+* for each conv that feeds a BatchNorm: the share of its channels the BN has switched off (``|gamma| < 0.01``), the
+  median kernel-row norm of those channels and of the others, and the gradient norm of each group's kernel rows and
+  of the BN scales (the scale-invariance hypothesis of docs/training.md, "A spike that persists").
 
 It writes ``DIR/probe-<name>.jsonl`` (one JSON object a step, after a header line naming the layers) and prints a
-report: for each step whose loss exceeds 3x the running median of the previous 100 steps, the stage terms and the
+report: for each step whose loss exceeds 3x, or whose gradient norm exceeds 5x, the running median of the previous
+100 steps, the stage terms and the
 layers whose gradient grew most against the median of the 100 steps before, and per stage the dead-ReLU share 100
 steps before, at and 200 steps after the spike. A lab tool: it syncs with the device several times a step.
 """
@@ -33,7 +37,9 @@ from posekit.config import compose, validate
 from posekit.experiment import Experiment
 from posekit.stages.train import module_factory
 from posekit.train.fit import fit
-from posekit.train.loss import masked_l2
+from posekit.train.loss import masked_l2, normalized_convs
+
+OFF = 0.01  # |gamma| below this: the BN has switched the channel off
 
 
 class SpikeProbe(pl.Callback):
@@ -45,16 +51,24 @@ class SpikeProbe(pl.Callback):
         self._acts: dict[str, torch.Tensor] = {}
         self._outputs: Any = None
         self._grads: torch.Tensor | None = None
+        self._bn_grads: torch.Tensor | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         net = pl_module.net
         self.convs = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
         self.relus = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.ReLU)]
+        names = {id(m): n for n, m in net.named_modules()}
+        normalized = {id(c) for c in normalized_convs(net)}
+        self.pairs = []  # (conv name, conv, its BN)
+        for parent in net.modules():
+            kids = list(parent.children())
+            self.pairs += [(names[id(a)], a, b) for a, b in zip(kids, kids[1:]) if id(a) in normalized]
         for name, m in self.relus:
             m.register_forward_hook(self._act_hook(name))
         net.register_forward_hook(lambda mod, inp, out: setattr(self, "_outputs", out))
         self._fh = self.path.open("w")
-        self._fh.write(json.dumps({"convs": [n for n, _ in self.convs], "relus": [n for n, _ in self.relus]}) + "\n")
+        self._fh.write(json.dumps({"convs": [n for n, _ in self.convs], "relus": [n for n, _ in self.relus],
+                                   "bn_convs": [n for n, _, _ in self.pairs]}) + "\n")
 
     def _act_hook(self, name: str):
         def hook(mod: nn.Module, inp: Any, out: torch.Tensor) -> None:
@@ -73,6 +87,15 @@ class SpikeProbe(pl.Callback):
         norms = [m.weight.grad.detach().float().norm() if m.weight.grad is not None else torch.zeros((), device=pl_module.device)
                  for _, m in self.convs]
         self._grads = torch.stack(norms)
+        rows = []
+        for _, conv, bn in self.pairs:
+            zero = torch.zeros((), device=pl_module.device)
+            g = conv.weight.grad
+            off = bn.weight.detach().abs() < OFF
+            sq = g.detach().float().pow(2).sum(dim=(1, 2, 3)) if g is not None else torch.zeros_like(off, dtype=torch.float)
+            gg = bn.weight.grad.detach().float().norm() if bn.weight.grad is not None else zero
+            rows.append(torch.stack([sq[off].sum().sqrt(), sq[~off].sum().sqrt(), gg]))
+        self._bn_grads = torch.stack(rows) if rows else None
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -86,6 +109,18 @@ class SpikeProbe(pl.Callback):
             acts = torch.stack([self._acts[n] for n, _ in self.relus])
             grads = self._grads if self._grads is not None else torch.zeros_like(weights)
             blob = torch.cat([torch.stack(terms).float(), grads, weights, acts.flatten()]).cpu().tolist()
+            bn_rows = []
+            for _, conv, bn in self.pairs:
+                rnorm = conv.weight.detach().float().pow(2).sum(dim=(1, 2, 3)).sqrt()
+                off = bn.weight.detach().abs() < OFF
+                nan = torch.full((), float("nan"), device=rnorm.device)
+                bn_rows.append(torch.stack([
+                    off.float().mean(),
+                    rnorm[off].median() if off.any() else nan,
+                    rnorm[~off].median() if (~off).any() else nan,
+                ]))
+            bn_w = torch.stack(bn_rows).cpu().tolist() if bn_rows else []
+            bn_g = self._bn_grads.cpu().tolist() if self._bn_grads is not None else []
         n_t, n_c = len(terms), len(self.convs)
         guard = pl_module.guard.steps[-1] if pl_module.guard is not None and pl_module.guard.steps else None
         group = trainer.optimizers[0].param_groups[0]
@@ -100,6 +135,10 @@ class SpikeProbe(pl.Callback):
             "weight": blob[n_t + n_c:n_t + 2 * n_c],
             "act_rms": blob[n_t + 2 * n_c::2],
             "dead": blob[n_t + 2 * n_c + 1::2],
+            # per conv feeding a BN: [off share, median row norm off, median row norm on]
+            "bn_w": [[round(x, 5) for x in r] for r in bn_w],
+            # per conv feeding a BN: [grad norm of off rows, grad norm of on rows, grad norm of the BN scales]
+            "bn_g": [[round(x, 4) for x in r] for r in bn_g],
         }
         self._fh.write(json.dumps(record) + "\n")
         if step % 50 == 0:
@@ -113,12 +152,21 @@ class SpikeProbe(pl.Callback):
 
 
 # --------------------------------------------------------------------------------------------- report
+def bn_summary(head: dict[str, Any], row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The BN-fed convs of one step record, those with a channel switched off or a large gradient first."""
+    out = []
+    for name, w, g in zip(head.get("bn_convs", []), row.get("bn_w", []), row.get("bn_g", [])):
+        out.append({"conv": name, "off": w[0], "row_norm_off": w[1], "row_norm_on": w[2],
+                    "grad_off": g[0], "grad_on": g[1], "grad_gamma": g[2]})
+    return sorted(out, key=lambda d: -(d["grad_off"] + d["grad_on"]))
+
+
 def stage_of(name: str) -> str:
     parts = name.split(".")
     return f"stage{int(parts[1]) + 1}" if parts[0] == "stages" else parts[0]
 
 
-def report(path: Path, ratio: float = 3.0, window: int = 100) -> dict[str, Any]:
+def report(path: Path, ratio: float = 3.0, window: int = 100, grad_ratio_limit: float = 5.0) -> dict[str, Any]:
     lines = path.read_text().splitlines()
     head, rows = json.loads(lines[0]), [json.loads(x) for x in lines[1:]]
     convs, relus = head["convs"], head["relus"]
@@ -135,10 +183,14 @@ def report(path: Path, ratio: float = 3.0, window: int = 100) -> dict[str, Any]:
         return {s: round(statistics.mean(d for n, d in zip(relus, rows[i]["dead"]) if stage_of(n) == s), 3)
                 for s in stages}
 
+    norms = [r["grad_norm"] for r in rows]
     last_spike = -10**9
     for i in range(window, len(rows)):
         med = statistics.median(losses[i - window:i])
-        if losses[i] <= ratio * med or i - last_spike < 50:
+        prev_norms = [x for x in norms[i - window:i] if x is not None]
+        norm_med = statistics.median(prev_norms) if prev_norms else None
+        norm_spike = norms[i] is not None and norm_med is not None and norms[i] > grad_ratio_limit * norm_med
+        if (losses[i] <= ratio * med and not norm_spike) or i - last_spike < 50:
             continue
         last_spike = i
         r = rows[i]
@@ -161,12 +213,19 @@ def report(path: Path, ratio: float = 3.0, window: int = 100) -> dict[str, Any]:
             "dead_before": dead_by_stage(i - window), "dead_at": dead_by_stage(i),
             "dead_after_200": dead_by_stage(i + 200),
             "loss_after_200": statistics.median(losses[i + 150:i + 250]) if i + 150 < len(rows) else None,
+            "bn_before": bn_summary(head, rows[i - 1]), "bn_at": bn_summary(head, r),
         }
         out["spikes"].append(spike)
         print(json.dumps(spike))
     out["dead_final"] = dead_by_stage(len(rows) - 1)
     out["act_rms_final"] = {n: round(v, 3) for n, v in zip(relus, rows[-1]["act_rms"])}
     print("dead ReLU channels at the end, by stage:", out["dead_final"])
+    out["bn_final"] = bn_summary(head, rows[-1])
+    for every in range(0, len(rows), max(1, len(rows) // 8)):  # the BN picture over the run
+        b = bn_summary(head, rows[every])
+        if b:
+            print(f"step {rows[every]['step']}: off share " + " ".join(f"{d['off']:.2f}" for d in b[:4])
+                  + " | grad off/on of the top layer " + f"{b[0]['grad_off']:.3g}/{b[0]['grad_on']:.3g} ({b[0]['conv']})")
     return out
 
 

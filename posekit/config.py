@@ -226,6 +226,7 @@ class OptimConfig:
     stagewise_lr: bool = False  # TAO multipliers: refinement stages x4, biases x2
     l1_kernel_reg: float = 0.0  # TAO: 5e-4 on every conv kernel; pushes weights to zero for pruning
     l1_bn_gamma: float = 0.0  # posekit: L1 on BatchNorm scales (network slimming) so BN layers' filters die too
+    l1_kernels: str = "all"  # all (TAO) | unnormalized: kernel L1 skips convs that feed a BatchNorm (scale-invariant)
     l1_ramp: float = 0.0  # posekit: both L1 factors rise linearly from 0 over this share of the run (0 = TAO)
     grad_clip: Optional[float] = None  # absolute max gradient L2 norm of the loss term (null: only guard.clip_factor)
     guard: GuardConfig = field(default_factory=GuardConfig)

@@ -55,6 +55,7 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg.data.name, "data.name", ["synthetic", "coco"])
     _choice(cfg.optim.name, "optim.name", ["adamw", "sgd"])
     _choice(cfg.optim.schedule, "optim.schedule", ["cosine", "softstart_annealing"])
+    _choice(cfg.optim.get("l1_kernels", "all"), "optim.l1_kernels", ["all", "unnormalized"])
     _choice(cfg.train.monitor, "train.monitor", ["val/AP", "val/loss", "train/loss"])
     _choice(cfg.train.head_init, "train.head_init", ["kaiming", "tao"])
     _choice(cfg.runtime.mode, "runtime.mode", ["strict", "adjust"])

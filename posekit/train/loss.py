@@ -63,9 +63,30 @@ def pose_loss(
     return total, parts
 
 
-def conv_kernels(net: nn.Module) -> list[torch.Tensor]:
-    """Every Conv2d kernel of ``net`` (TAO regularizes all of them, backbone and output convs alike)."""
-    return [m.weight for m in net.modules() if isinstance(m, nn.Conv2d)]
+def conv_kernels(net: nn.Module, scope: str = "all") -> list[torch.Tensor]:
+    """The Conv2d kernels of ``net`` that ``optim.l1_kernel_reg`` regularizes.
+
+    ``scope="all"``: every one (TAO: backbone and output convs alike). ``"unnormalized"``: only the kernels whose
+    output does not go straight into a BatchNorm (:func:`normalized_convs`). Why: BatchNorm makes such a kernel
+    scale-invariant, so L1 cannot switch its filters off (the BN scale decides that, under ``optim.l1_bn_gamma``);
+    it can only shrink the kernel, and under Adam a kernel whose channel the BN has switched off shrinks at the
+    full learning rate per step to noise of that size (docs/training.md, "A spike that persists").
+    """
+    if scope not in ("all", "unnormalized"):
+        raise ValueError(f"unknown kernel L1 scope {scope!r}: use 'all' or 'unnormalized'")
+    skip = {id(c) for c in normalized_convs(net)} if scope == "unnormalized" else set()
+    return [m.weight for m in net.modules() if isinstance(m, nn.Conv2d) and id(m) not in skip]
+
+
+def normalized_convs(net: nn.Module) -> list[nn.Conv2d]:
+    """The Conv2d layers of ``net`` whose next sibling module is a BatchNorm (``conv_bn_relu``'s pattern: the conv
+    feeds that BN alone)."""
+    found = []
+    for parent in net.modules():
+        kids = list(parent.children())
+        found += [a for a, b in zip(kids, kids[1:])
+                  if isinstance(a, nn.Conv2d) and isinstance(b, nn.modules.batchnorm._BatchNorm)]
+    return found
 
 
 def bn_scales(net: nn.Module) -> list[torch.Tensor]:

@@ -95,6 +95,7 @@ class PoseModule(pl.LightningModule):
         self.net = net if net is not None else build_network(arch, pruning_history, head_init)
         self.l1_factor = float(optim.get("l1_kernel_reg", 0.0))
         self.l1_gamma = float(optim.get("l1_bn_gamma", 0.0))
+        self.l1_kernels = str(optim.get("l1_kernels", "all"))
         self.l1_ramp = float(optim.get("l1_ramp", 0.0))
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
@@ -155,7 +156,7 @@ class PoseModule(pl.LightningModule):
            out); kept steps are clipped to the guard's bound (``optim.guard.clip_factor`` x the running median,
            and ``optim.grad_clip`` if set). ``train/grad_norm`` logs the pre-clip norm, ``train/skipped_steps`` the
            running count.
-        2. L1 (``optim.l1_kernel_reg`` on every conv kernel, ``optim.l1_bn_gamma`` on the BN scales), applied as
+        2. L1 (``optim.l1_kernel_reg`` on the conv kernels ``optim.l1_kernels`` names, ``optim.l1_bn_gamma`` on the BN scales), applied as
            their subgradient ``factor * sign(W)`` added to the gradients: the gradient autograd would give for
            ``factor * sum|W|`` in the loss (TAO's formulation), as a few fused ``_foreach`` kernels instead of an abs
            and a sum per tensor forward and backward. Added after clipping: the regularizer's pull is bounded by
@@ -206,7 +207,7 @@ class PoseModule(pl.LightningModule):
             self._l1_groups = [
                 (name, factor, tensors)
                 for name, factor, tensors in (
-                    ("train/l1", self.l1_factor, conv_kernels(self.net)),
+                    ("train/l1", self.l1_factor, conv_kernels(self.net, self.l1_kernels)),
                     ("train/l1_bn_gamma", self.l1_gamma, bn_scales(self.net)),
                 )
                 if factor > 0
