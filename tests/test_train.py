@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from posekit.model.bpnet import BpNetLite
-from posekit.train.loss import add_l1_subgradient, bn_scales, conv_kernels, l1_penalty, masked_l2, pose_loss
+from posekit.train.loss import (add_l1_subgradient, bn_scales, conv_kernels, l1_penalty, masked_l2, normalized_convs,
+                                pose_loss)
 from posekit.train.optim import (
     build_optimizer,
     cosine_factor,
@@ -115,6 +116,24 @@ def test_l1_penalty_covers_every_conv_kernel_and_nothing_else():
     assert l1_penalty(conv_kernels(net)).item() == 0.0
 
 
+@pytest.mark.parametrize("refinement_bn", [False, True])
+def test_unnormalized_scope_leaves_out_exactly_the_kernels_that_feed_a_batchnorm(refinement_bn):
+    net = BpNetLite(stages=2, num_heatmaps=5, num_pafs=6, width=0.125, refinement_bn=refinement_bn)
+    fed = set()
+    for m in net.modules():  # independently of normalized_convs: walk the graph a forward pass takes
+        if isinstance(m, nn.Sequential):
+            kids = list(m)
+            fed |= {id(a) for a, b in zip(kids, kids[1:]) if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d)}
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    assert len(fed) == n_bn and {id(c) for c in normalized_convs(net)} == fed
+    kept = conv_kernels(net, "unnormalized")
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert [id(w) for w in kept] == [id(c.weight) for c in convs if id(c) not in fed]
+    assert len(kept) == len(convs) - n_bn > 0
+    with pytest.raises(ValueError, match="unnormalized"):
+        conv_kernels(net, "bn")
+
+
 def test_l1_subgradient_is_the_autograd_gradient_of_the_l1_term():
     conv = nn.Conv2d(2, 3, 3)
     with torch.no_grad():
@@ -127,15 +146,18 @@ def test_l1_subgradient_is_the_autograd_gradient_of_the_l1_term():
     assert conv.bias.grad is None  # only the given tensors, and only those that have a gradient
 
 
-def test_training_applies_l1_exactly_as_a_loss_term():
+@pytest.mark.parametrize("scope", ["all", "unnormalized"])
+def test_training_applies_l1_exactly_as_a_loss_term(scope):
     """PoseModule adds the L1 terms to the gradients before the optimizer step instead of to the loss: the
-    gradients must be those of ``loss + ramp * (kernel_factor * sum|W| + gamma_factor * sum|gamma|)``."""
+    gradients must be those of ``loss + ramp * (kernel_factor * sum|W| + gamma_factor * sum|gamma|)``, the kernel
+    sum over the kernels ``optim.l1_kernels`` names."""
     from posekit.train.module import PoseModule
 
     arch = dict(stages=2, num_heatmaps=3, num_pafs=2, width=0.125)
     batch = {"image": torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8), "heatmaps": torch.rand(2, 3, 4, 4),
              "pafs": torch.rand(2, 2, 4, 4), "mask": torch.ones(2, 1, 4, 4)}
-    optim = dict(name="adamw", lr=1e-3, weight_decay=0.0, l1_kernel_reg=3e-2, l1_bn_gamma=0.5, l1_ramp=0.5)
+    optim = dict(name="adamw", lr=1e-3, weight_decay=0.0, l1_kernel_reg=3e-2, l1_bn_gamma=0.5, l1_ramp=0.5,
+                 l1_kernels=scope)
     torch.manual_seed(0)
     module = PoseModule(arch, optim, head_init="tao")
     module.log = module.log_dict = lambda *a, **k: None
@@ -147,7 +169,9 @@ def test_training_applies_l1_exactly_as_a_loss_term():
 
     module.net.zero_grad()
     loss, _ = module._loss(batch)
-    reg = 3e-2 * sum(w.abs().sum() for w in conv_kernels(module.net))
+    fed = {id(c.weight) for c in normalized_convs(module.net)} if scope == "unnormalized" else set()
+    reg = 3e-2 * sum(m.weight.abs().sum() for m in module.net.modules()
+                     if isinstance(m, nn.Conv2d) and id(m.weight) not in fed)
     reg = reg + 0.5 * sum(g.abs().sum() for g in bn_scales(module.net))
     (loss + 0.2 * reg).backward()
     for g, p in zip(got, module.net.parameters()):
