@@ -223,7 +223,8 @@ def bench_deferred(outputs: Path, name: str, stage_runner: Callable[[str, DictCo
                    force: bool = False) -> list[dict[str, Any]]:
     """Time the entries of target ``name`` that a run at ``outputs`` (a sweep point) left ``deferred``, on this
     machine, from the files under ``outputs`` (the paths the entries give, relative to it). Writes the bench output
-    and a step record as the pipeline would; returns the updated entries (the report reads them from the files)."""
+    and a step record as the pipeline would (a second call finds the step done and skips it); returns the updated
+    entries, each with ``step`` (ran | cached | failed). The report reads the figures from the files."""
     from posekit.errors import UserError
 
     summary = io.read_json(outputs / "pipeline" / "summary.json")
@@ -248,8 +249,9 @@ def bench_deferred(outputs: Path, name: str, stage_runner: Callable[[str, DictCo
         plan = Plan(name, target, e["precision"], art, content_fingerprint(path))
         out = runner.run(bench_step(cfg, plan, outputs))
         metrics = {k: e.get(k) for k in ACCURACY}
-        done.append(entry(name, target, e["precision"], outputs, status="ok" if out.ok else "failed", artifact=art,
-                          metrics=metrics, error=None if out.ok else f"bench: {out.error}"))
+        done.append({**entry(name, target, e["precision"], outputs, status="ok" if out.ok else "failed",
+                             artifact=art, metrics=metrics, error=None if out.ok else f"bench: {out.error}"),
+                     "step": out.status})  # ran | cached (timed by an earlier --bench) | failed
     return done
 
 

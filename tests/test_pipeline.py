@@ -410,6 +410,7 @@ def test_a_deferred_target_is_evaluated_now_and_timed_later_from_the_files(tmp_p
     later = FakeStages()
     done = bench_deferred(root, "cpu", later)
     assert [s for s, _ in later.calls] == ["bench"] and done[0]["status"] == "ok" and done[0]["latency_ms"] == 1.0
+    assert done[0]["step"] == "ran" and bench_deferred(root, "cpu", later)[0]["step"] == "cached"
     assert Path(later.configs[0].bench.artifacts[0]) == root / cpu["artifact"]
     assert io.read_json(root / "pipeline" / "steps" / "target-cpu-int8-bench.json")["status"] == "ok"
     # a relaunch of the point with the target no longer deferred finds that bench done (same fingerprint)

@@ -212,19 +212,19 @@ class SweepReportCallback(Callback):
 # --------------------------------------------------------------------------------------------- deferred targets
 def bench_targets(sweep_dir: str | Path, names: Sequence[str], force: bool = False) -> dict[str, int]:
     """Time the deferred entries of targets ``names`` at every point of the sweep, on this machine (the 2-core VM for
-    ``cpu``), from the files the sweep left; returns ``{"measured": n, "failed": n}``."""
+    ``cpu``), from the files the sweep left; returns ``{"measured": n, "done earlier": n, "failed": n}``."""
     from posekit.stages.pipeline import run_stage_step
     from posekit.targets import bench_deferred
 
     sweep_dir = Path(sweep_dir).resolve()
-    counts = {"measured": 0, "failed": 0}
+    counts = {"measured": 0, "done earlier": 0, "failed": 0}
     for folder in find_points(sweep_dir):
         if not (folder / "pipeline" / "summary.json").is_file():
             continue
         for name in names:
             for e in bench_deferred(folder, name, run_stage_step, force=force):
-                counts["measured" if e["status"] == "ok" else "failed"] += 1
-                print(f"{folder.name}: {name} {e['precision']} {e['status']}"
+                counts[{"ran": "measured", "cached": "done earlier"}.get(e["step"], "failed")] += 1
+                print(f"{folder.name}: {name} {e['precision']} {e['status']} ({e['step']})"
                       f"{' ' + str(e.get('latency_ms')) + ' ms' if e.get('latency_ms') is not None else ''}"
                       f"{' ' + str(e['error']) if e.get('error') else ''}", flush=True)
     return counts
@@ -247,8 +247,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             if not Path(args.sweep_dir).is_dir():
                 raise UserError(f"sweep folder not found: {args.sweep_dir}")
             counts = bench_targets(args.sweep_dir, args.bench, force=args.force)
-            print(f"--bench {','.join(args.bench)}: {counts['measured']} measured, {counts['failed']} failed",
-                  flush=True)
+            print(f"--bench {','.join(args.bench)}: " + ", ".join(f"{v} {k}" for k, v in counts.items()), flush=True)
         rep = write_report(args.sweep_dir, args.out)
     except UserError as e:
         print(f"posekit: error: {e}", file=sys.stderr)
