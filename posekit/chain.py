@@ -234,7 +234,8 @@ class Step:
 @dataclass
 class Outcome:
     """What happened to a step. ``status``: ``ran`` (now, successfully), ``cached`` (done earlier: skipped),
-    ``failed``, or ``blocked`` (not run: an input it needs failed)."""
+    ``skipped`` (not needed: ``prune.pth=0`` has nothing to prune or retrain), ``failed``, or ``blocked`` (not run:
+    an input it needs failed)."""
 
     step_id: str
     stage: str
@@ -248,7 +249,7 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
-        return self.status in ("ran", "cached")
+        return self.status in ("ran", "cached", "skipped")
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -338,6 +338,23 @@ class BenchConfig:
 
 
 @dataclass
+class TargetConfig:
+    """A latency target of the ``targets`` pipeline step (posekit/targets.py, docs/sweeps.md): one backend on one
+    device, measuring (AP, then latency) each precision of the run that it lists."""
+
+    backend: str = "onnxruntime"  # torch (the chain's PyTorch model) | onnxruntime (its exported ONNX)
+    device: str = "cpu"  # runtime.device of this target's eval and bench (auto: CUDA when available)
+    precisions: List[str] = field(default_factory=lambda: ["fp32", "int8"])  # the others: n/a on this target
+    batch_sizes: List[int] = field(default_factory=lambda: [1])  # latency: the first; throughput: the largest
+    cuda_graphs: bool = True  # torch on CUDA: replay one captured graph per input shape
+    threads: int = 0  # ONNX Runtime intra-op threads; 0: its default (the machine's cores)
+    end_to_end: bool = True  # also time preprocess + network + decode (bench.end_to_end)
+    # true: the run evaluates AP but leaves the latency to the target machine, later:
+    # python -m posekit.sweep.report <sweep dir> --bench <target name>
+    defer: bool = False
+
+
+@dataclass
 class PipelineConfig:
     steps: List[str] = field(
         default_factory=lambda: ["train", "eval", "prune", "retrain", "eval", "export", "eval", "bench"]
@@ -345,6 +362,8 @@ class PipelineConfig:
     # the export step runs once per precision; null: only the configured precision.name (what sweeps use)
     precisions: Optional[List[str]] = field(default_factory=lambda: ["fp32", "int8"])
     force: bool = False  # re-run every step even when its record says it is done
+    # latency targets measured by the `targets` step, by name (sweeps/sweep/accuracy_latency.yaml: gpu, cpu)
+    targets: Dict[str, TargetConfig] = field(default_factory=dict)
 
 
 @dataclass

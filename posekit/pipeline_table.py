@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from posekit.export.artifacts import Artifact, file_format
-from posekit.table import METRIC_COLUMNS, Column, markdown_table
+from posekit.table import METRIC_COLUMNS, Column, markdown_table, num
 
 log = logging.getLogger("posekit.pipeline")
 
@@ -22,6 +22,19 @@ PIPELINE_COLUMNS = [
     Column("precision", "precision"),
     Column("shape", "input"),
     *METRIC_COLUMNS,
+]
+TARGET_COLUMNS = [
+    Column("target", "target"),
+    Column("backend", "backend"),
+    Column("precision", "precision"),
+    Column("label", "artifact"),
+    Column("status", "status"),
+    num("AP", "AP", ".3f"),
+    Column("device", "device"),
+    num("latency_ms", "latency ms", ".2f"),
+    num("throughput", "img/s", ".1f"),
+    Column("throughput_batch", "at batch", numeric=True),
+    Column("error", "note"),
 ]
 STEP_COLUMNS = [
     Column("id", "step"),
@@ -144,6 +157,11 @@ def table_rows(entries: Iterable[Entry]) -> list[dict[str, Any]]:
 def format_rows(rows: list[dict[str, Any]]) -> str:
     """The final table (Markdown) of :func:`table_rows`."""
     return markdown_table(rows, PIPELINE_COLUMNS)
+
+
+def format_targets(entries: list[dict[str, Any]]) -> str:
+    """The latency targets' entries (:func:`posekit.targets.entry`) as Markdown, one line per (target, precision)."""
+    return markdown_table(entries, TARGET_COLUMNS)
 
 
 def pipeline_markdown(name: str, steps: list[str], models: Path, table: str, outcomes: list[dict[str, Any]]) -> str:

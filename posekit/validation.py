@@ -93,9 +93,33 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"sweep.train_shape={list(cfg.sweep.train_shape)}: need [H, W], multiples of 8, or null")
     _validate_decode(cfg.codec.decode)
     _validate_training(cfg)
-    unknown = set(cfg.pipeline.steps) - {s.value for s in Stage} - {"calibrate"}
+    allowed_steps = [s.value for s in Stage if s.value != "pipeline"] + ["targets"]
+    unknown = set(cfg.pipeline.steps) - set(allowed_steps)
     if unknown:
-        raise ConfigError(f"pipeline.steps has unknown stages {sorted(unknown)}; allowed: {[s.value for s in Stage]}")
+        raise ConfigError(f"pipeline.steps has unknown steps {sorted(unknown)}; allowed: {allowed_steps}")
+    _validate_targets(cfg)
+
+
+# what each target backend can run (posekit/targets.py): torch casts under autocast; ONNX Runtime runs the exports
+TARGET_PRECISIONS = {"torch": ["fp32", "fp16", "bf16"], "onnxruntime": ["fp32", "fp16", "int8"]}
+
+
+def _validate_targets(cfg: DictConfig) -> None:
+    """``pipeline.targets``: known backends, precisions each backend runs, batch sizes >= 1, and a target
+    for the ``targets`` step to measure."""
+    targets = cfg.pipeline.get("targets") or {}
+    for name, t in targets.items():
+        key = f"pipeline.targets.{name}"
+        _choice(t.backend, f"{key}.backend", list(TARGET_PRECISIONS))
+        for p in t.precisions:
+            _choice(p, f"{key}.precisions[]", TARGET_PRECISIONS[t.backend])
+        if not t.batch_sizes or any(int(b) < 1 for b in t.batch_sizes):
+            raise ConfigError(f"{key}.batch_sizes={list(t.batch_sizes)}: need one or more batch sizes >= 1")
+        if int(t.threads) < 0:
+            raise ConfigError(f"{key}.threads={t.threads}: must be >= 0 (0: ONNX Runtime's default)")
+    if "targets" in cfg.pipeline.steps and not targets:
+        raise ConfigError("pipeline.steps has a targets step but pipeline.targets is empty: define the targets "
+                          "to measure (sweeps/sweep/accuracy_latency.yaml has gpu and cpu) or drop the step")
 
 
 def _validate_decode(d: DictConfig) -> None:

@@ -67,6 +67,26 @@ def test_validation_names_key_and_allowed_values(override, key, allowed):
     assert key in str(e.value) and allowed in str(e.value)
 
 
+@pytest.mark.parametrize(
+    "overrides, key, allowed",
+    [
+        (["+sweep=accuracy_latency", "pipeline.targets.gpu.backend=tensorrt"], "pipeline.targets.gpu.backend",
+         "onnxruntime"),
+        (["+sweep=accuracy_latency", "pipeline.targets.gpu.precisions=[int8]"], "pipeline.targets.gpu.precisions[]",
+         "bf16"),
+        (["+sweep=accuracy_latency", "pipeline.targets.cpu.batch_sizes=[0]"], "pipeline.targets.cpu.batch_sizes",
+         ">= 1"),
+        (["stage=pipeline", "pipeline.steps=[train,targets]"], "pipeline.targets", "gpu and cpu"),
+        (["stage=pipeline", "pipeline.steps=[train,pipeline]"], "pipeline.steps", "targets"),
+    ],
+)
+def test_latency_targets_are_validated(overrides, key, allowed):
+    cfg = compose(*overrides)
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    assert key in str(e.value) and allowed in str(e.value)
+
+
 def test_unknown_key_and_wrong_type_fail_at_composition():
     with pytest.raises(Exception) as e:
         compose("model.foo=1")

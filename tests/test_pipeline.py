@@ -76,6 +76,8 @@ class FakeStages:
         h, w = (int(v) for v in cfg.model.input_shape)
         prec = cfg.precision.name.value
         files = {"fp32": (f"model.{h}.{w}.fp32.onnx", "fp32")}
+        if prec == "fp16":
+            files["fp16"] = (f"model.{h}.{w}.fp16.onnx", "fp16")
         if prec == "int8":
             files |= {"int8_qdq": (f"model.{h}.{w}.int8.qdq.onnx", "int8"),
                       "int8_cpu": (f"model.{h}.{w}.int8.cpu.onnx", "int8"),
@@ -331,6 +333,90 @@ def test_pipeline_refuses_to_run_as_several_ddp_tasks(monkeypatch):
     monkeypatch.setenv("SLURM_PROCID", "0")  # a task of a 2-task srun step
     with pytest.raises(UserError, match="stage=train"):
         check_single_process()
+
+
+def test_pth_0_is_the_trained_model_itself_no_prune_and_no_retrain(tmp_path):
+    cfg = tiny_cfg(tmp_path, "prune.pth=0")
+    fake = FakeStages()
+    run_pipeline(cfg, fake)
+    stages = [s for s, _ in fake.calls]
+    assert "prune" not in stages and "retrain" not in stages and stages.count("export") == 2
+    exp = Experiment(cfg)
+    assert all(Path(c.export.model) == exp.trained_model for (s, _), c in zip(fake.calls, fake.configs)
+               if s == "export")
+    summary = summary_of(cfg)
+    steps = {s["id"]: s["status"] for s in summary["steps"]}
+    assert steps["prune-0.0"] == steps["retrain-0.0"] == "skipped" and summary["status"] == "ok"
+    assert {r["model"] for r in summary["rows"]} == {"trained"}  # the model and its exports
+    assert not (exp.root / "prune").exists() and not (exp.root / "retrain").exists()
+    # an explicit model still runs (pth 0 prunes nothing, but the user asked for that model to be retrained)
+    explicit = FakeStages()
+    run_pipeline(tiny_cfg(tmp_path, "prune.pth=0", "pipeline.steps=[retrain]", f"retrain.model={exp.trained_model}"),
+                 explicit)
+    assert [s for s, _ in explicit.calls] == ["retrain"]
+
+
+def sweep_point_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
+    """A point of sweeps/sweep/accuracy_latency.yaml at tiny scale, run as a plain pipeline (no Hydra job)."""
+    return tiny_cfg(tmp_path, "+sweep=accuracy_latency", "sweep.train_shape=null", "resolution=128x128",
+                    "pipeline.targets.gpu.batch_sizes=[1,4]", *overrides)
+
+
+def test_targets_evaluate_and_time_what_each_target_runs_at_the_points_precision(tmp_path):
+    for prec, measured in (("fp16", {"gpu"}), ("int8", {"cpu"}), ("fp32", {"gpu", "cpu"})):
+        cfg = sweep_point_cfg(tmp_path / prec, f"precision={prec}")
+        fake = FakeStages()
+        run_pipeline(cfg, fake)
+        root = Experiment(cfg).root
+        entries = {e["target"]: e for e in summary_of(cfg)["targets"]}
+        assert {t for t, e in entries.items() if e["status"] == "ok"} == measured, (prec, entries)
+        assert {t for t, e in entries.items() if e["status"] == "n/a"} == {"gpu", "cpu"} - measured
+        in_targets = [(s, c) for (s, _), c in zip(fake.calls, fake.configs)
+                      if str(c.experiment.dir).startswith(str(root / "targets"))]
+        configs = {(s, Path(str(c.experiment.dir)).relative_to(root).parts[1]): c for s, c in in_targets}
+        if "gpu" in measured:  # the PyTorch model, torch backend at the point's precision, CUDA graphs, batch 1 and 4
+            ev, be = configs[("eval", "gpu")], configs[("bench", "gpu")]
+            assert Path(ev.eval.artifact) == Experiment(cfg).retrained_model() == Path(be.bench.artifacts[0])
+            assert ev.runtime.torch_precision == be.runtime.torch_precision == prec
+            assert be.runtime.cuda_graphs and list(be.bench.batch_sizes) == [1, 4] and be.runtime.device == "auto"
+            gpu = entries["gpu"]
+            assert gpu["artifact"] == "retrain/pth-0.2/model.pt" and gpu["latency_ms"] == 1.0 and gpu["device"] == "cpu"
+            assert gpu["bench"] == f"targets/gpu/{prec}/bench/bench.json" and (root / gpu["bench"]).is_file()
+        if "cpu" in measured:  # the exported ONNX Runtime file (INT8: the .int8.cpu.onnx), on the CPU, batch 1
+            be = configs[("bench", "cpu")]
+            want = "model.128.128.int8.cpu.onnx" if prec == "int8" else "model.128.128.fp32.onnx"
+            assert Path(be.bench.artifacts[0]).name == want == Path(configs[("eval", "cpu")].eval.artifact).name
+            assert be.runtime.device == "cpu" and list(be.bench.batch_sizes) == [1]
+            cpu = entries["cpu"]
+            assert cpu["AP"] == pytest.approx(0.3 + 0.1 * (prec == "int8")) and cpu["params"] > 0
+        assert summary_of(cfg)["status"] == "ok"
+
+
+def test_a_deferred_target_is_evaluated_now_and_timed_later_from_the_files(tmp_path):
+    from posekit.targets import bench_deferred
+
+    cfg = sweep_point_cfg(tmp_path, "precision=int8", "pipeline.targets.cpu.defer=true")
+    fake = FakeStages()
+    run_pipeline(cfg, fake)
+    assert [s for s, _ in fake.calls][-1] == "eval"  # the cpu target's AP, no bench
+    cpu = next(e for e in summary_of(cfg)["targets"] if e["target"] == "cpu")
+    assert cpu["status"] == "deferred" and cpu["AP"] is not None and cpu.get("latency_ms") is None
+    # later, on the target machine: python -m posekit.sweep.report <sweep> --bench cpu does this per point
+    root = Experiment(cfg).root
+    (root / ".hydra").mkdir()
+    from omegaconf import OmegaConf
+
+    OmegaConf.save(cfg, root / ".hydra" / "config.yaml")
+    later = FakeStages()
+    done = bench_deferred(root, "cpu", later)
+    assert [s for s, _ in later.calls] == ["bench"] and done[0]["status"] == "ok" and done[0]["latency_ms"] == 1.0
+    assert done[0]["step"] == "ran" and bench_deferred(root, "cpu", later)[0]["step"] == "cached"
+    assert Path(later.configs[0].bench.artifacts[0]) == root / cpu["artifact"]
+    assert io.read_json(root / "pipeline" / "steps" / "target-cpu-int8-bench.json")["status"] == "ok"
+    # a relaunch of the point with the target no longer deferred finds that bench done (same fingerprint)
+    again = FakeStages()
+    run_pipeline(sweep_point_cfg(tmp_path, "precision=int8"), again)
+    assert again.calls == []
 
 
 # --------------------------------------------------------------------------------------------- CLI

@@ -1,20 +1,28 @@
 """Sweeps (sweeps/sweep/*.yaml) and their report (posekit.sweep.report).
 
-Unit tests build sweep folders by hand (point summaries as the pipeline writes them) to check the report; the
-CLI tests run the 2 x 2 tiny sweep for real with the basic and the submitit_local launcher.
+Unit tests build sweep folders by hand (point summaries as the pipeline writes them) to check the report. The CLI
+tests run the accuracy-latency sweep for real at tiny scale (2 stage counts x 2 pth x 1 shape x 2 precisions, both
+latency targets, interrupted and relaunched, its CPU target timed later with --bench), then the tiny sweep with the
+submitit_local launcher and a failing point on the models it shared.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from posekit import io
-from posekit.sweep.report import SweepReportCallback, collect, main, pareto_front, write_report
+from posekit.sweep.report import SweepReportCallback, collect, label, main, pareto_front, write_report
 from tests.conftest import ROOT, compose, run_cli
 
 SWEEPS = sorted(p.stem for p in (ROOT / "sweeps" / "sweep").glob("*.yaml") if p.stem != "common")
@@ -54,8 +62,14 @@ def test_the_sweeps_named_in_the_issue_sweep_what_they_say():
     assert params("resolution") == {"resolution": ["224x320", "288x384", "320x448"]}
     assert params("stages") == {"model.stages": ["2", "3", "4"]}
     assert len(params("pth")["prune.pth"]) >= 3
-    full = params("accuracy_latency")
-    assert set(full) == {"prune.pth", "resolution", "model.stages", "precision"}
+    full = params("accuracy_latency")  # the issue's grid, exactly
+    assert full == {"model.stages": ["2", "3", "4"], "prune.pth": ["0", "0.1", "0.2", "0.5"],
+                    "resolution": ["224x320", "288x384", "320x448"], "precision": ["fp32", "fp16", "int8"]}
+    targets = compose("+sweep=accuracy_latency").pipeline.targets
+    assert (targets.gpu.backend, list(targets.gpu.batch_sizes), targets.gpu.cuda_graphs) == ("torch", [1, 64], True)
+    assert "fp16" in targets.gpu.precisions and "int8" not in targets.gpu.precisions
+    assert (targets.cpu.backend, targets.cpu.device, list(targets.cpu.batch_sizes)) == ("onnxruntime", "cpu", [1])
+    assert list(targets.cpu.precisions) == ["fp32", "int8"]
     assert len(params("tiny")) == 2 and all(len(v) == 2 for v in params("tiny").values())
 
 
@@ -183,68 +197,275 @@ def test_collect_ignores_shared_models_and_report_folders(tmp_path):
                                                    "prune.pth=0.95"}
 
 
+def target_point(sweep: Path, name: str, *, stages: int, pth: float, precision: str, entries: list[dict],
+                 bench: dict[str, float] | None = None, failed_bench: str | None = None) -> Path:
+    """A point of a targets sweep: summary.json with target entries, and a bench.json per target in ``bench``
+    ({target: batch-1 median ms}) as the bench stage writes it (rows per batch size, the machine)."""
+    folder = sweep / name
+    (folder / ".hydra").mkdir(parents=True)
+    point = {"stages": stages, "width": 0.125, "pth": pth, "shape": "128x128", "precision": precision}
+    for t, ms in (bench or {}).items():
+        io.write_json(folder / "targets" / t / precision / "bench" / "bench.json", {
+            "machine": {"processor": "Test CPU", "cpu_count": 2, **({"gpu": "Test GPU"} if t == "gpu" else {})},
+            "rows": [{"batch": b, "device": "cuda:0" if t == "gpu" else "cpu",
+                      "network": {"median_ms": ms * b, "throughput_ips": 1e3 / ms * (1 + 0.1 * b)},
+                      "end_to_end": {"median_ms": ms * b + 1}} for b in ((1, 64) if t == "gpu" else (1,))]})
+    if failed_bench:
+        io.write_json(folder / "pipeline" / "steps" / f"target-cpu-{precision}-bench.json",
+                      {"id": f"target-cpu-{precision}-bench", "status": "failed", "error": failed_bench})
+    full = [{"backend": "torch" if e["target"] == "gpu" else "onnxruntime", "precision": precision, "error": None,
+             "artifact": "x", "bench": f"targets/{e['target']}/{precision}/bench/bench.json",
+             "steps": {"bench": f"target-{e['target']}-{precision}-bench"}, **e} for e in entries]
+    io.write_json(folder / "pipeline" / "summary.json", {"status": "ok", "point": point, "rows": [], "targets": full})
+    return folder
+
+
+def test_a_targets_sweep_has_a_row_per_point_and_target_and_a_front_and_plot_per_target(tmp_path):
+    sweep = tmp_path / "al"
+    target_point(sweep, "a", stages=2, pth=0.0, precision="fp32", bench={"gpu": 2.0, "cpu": 20.0},
+                 entries=[{"target": "gpu", "status": "ok", "AP": 0.5}, {"target": "cpu", "status": "ok", "AP": 0.5}])
+    target_point(sweep, "b", stages=3, pth=0.2, precision="fp16", bench={"gpu": 1.5},
+                 entries=[{"target": "gpu", "status": "ok", "AP": 0.4}, {"target": "cpu", "status": "n/a",
+                                                                          "error": "fp16 on cpu: ..."}])
+    target_point(sweep, "c", stages=2, pth=0.5, precision="int8", bench={"cpu": 8.0},  # timed later (--bench)
+                 entries=[{"target": "gpu", "status": "n/a"}, {"target": "cpu", "status": "deferred", "AP": 0.45}])
+    target_point(sweep, "d", stages=3, pth=0.5, precision="int8", failed_bench="UserError: boom",
+                 entries=[{"target": "gpu", "status": "n/a"}, {"target": "cpu", "status": "deferred", "AP": 0.3}])
+    target_point(sweep, "e", stages=3, pth=0.1, precision="fp32",
+                 entries=[{"target": "gpu", "status": "ok", "AP": 0.1}, {"target": "cpu", "status": "deferred",
+                                                                         "AP": 0.6}])
+    rep = write_report(sweep)
+    by = {(r["point"], r["target"]): r for r in csv.DictReader(rep["csv"].open())}
+    assert len(by) == 10
+    assert {k: r["status"] for k, r in by.items()} == {
+        ("a", "gpu"): "ok", ("a", "cpu"): "ok", ("b", "gpu"): "ok", ("b", "cpu"): "n/a", ("c", "gpu"): "n/a",
+        ("c", "cpu"): "ok", ("d", "gpu"): "n/a", ("d", "cpu"): "failed", ("e", "gpu"): "failed",
+        ("e", "cpu"): "deferred"}
+    assert "boom" in by[("d", "cpu")]["error"] and "--bench cpu" in by[("e", "cpu")]["error"]
+    assert (by[("a", "gpu")]["device"], by[("a", "gpu")]["machine"]) == ("cuda:0", "Test GPU")
+    assert by[("a", "cpu")]["machine"] == "Test CPU (2 CPUs)"
+    assert float(by[("a", "gpu")]["throughput"]) == pytest.approx(1e3 / 2.0 * 7.4)  # at the largest batch
+    assert by[("a", "gpu")]["throughput_batch"] == "64" and float(by[("a", "gpu")]["latency_ms"]) == 2.0
+    # one front per target: gpu b (1.5 ms, 0.40) and a (2.0 ms, 0.50); cpu c (8 ms, 0.45) and a (20 ms, 0.50)
+    assert {k for k, r in by.items() if r["pareto"] == "True"} == {("a", "gpu"), ("b", "gpu"), ("a", "cpu"),
+                                                                  ("c", "cpu")}
+    assert sorted(rep["plots"]) == ["cpu", "gpu"] and all(p.name == f"pareto-{t}.png" for t, p in rep["plots"].items())
+    summary = io.read_json(rep["json"])
+    assert [f["point"] for f in summary["targets"]["gpu"]["front"]] == ["b", "a"]
+    assert summary["targets"]["cpu"]["status"] == {"deferred": 1, "failed": 1, "n/a": 1, "ok": 2}
+    assert summary["not_ok"] == ["d", "e"]  # deferred and n/a are not failures
+    md = rep["markdown"].read_text()
+    assert "pareto-gpu.png" in md and "pareto-cpu.png" in md and "Wall time" in md
+
+
+def test_plot_labels_do_not_overlap_even_when_points_crowd(tmp_path):
+    from posekit.sweep.plot import pareto_figure, save_png
+
+    rng = random.Random(1)
+    rows = [{"stages": s, "pth": pth, "shape": shape, "precision": prec,
+             "latency_ms": 10 * s * k * (1 - pth) * (0.5 if prec == "int8" else 1) * rng.uniform(0.97, 1.03),
+             "AP": 0.5 + 0.02 * s - 0.2 * pth ** 2 + 0.03 * k + rng.uniform(-0.01, 0.01)}
+            for s, pth, (shape, k), prec in itertools.product(
+                (2, 3, 4), (0, 0.1, 0.2, 0.5), (("224x320", 0.7), ("288x384", 1.0), ("320x448", 1.3)),
+                ("fp32", "int8"))]
+    for subset in (rows, rows[:20]):  # 72 points: the front labelled; 20: every point
+        front = pareto_front([(r["latency_ms"], r["AP"]) for r in subset])
+        fig, texts = pareto_figure(subset, front, "crowded")
+        renderer = fig.canvas.get_renderer()
+        boxes = [t.get_window_extent(renderer) for t in texts]
+        assert not [(a, b) for a, b in itertools.combinations(range(len(boxes)), 2) if boxes[a].overlaps(boxes[b])]
+        labels = {t.get_text() for t in texts}
+        assert all(label(r) in labels for r, f in zip(subset, front) if f), "every front point keeps its label"
+        assert len(texts) >= (sum(front) if len(subset) > 24 else 0.8 * len(subset))
+        assert save_png(fig, tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
 # --------------------------------------------------------------------------------------------- CLI sweeps
 def _mtimes(folder: Path, pattern: str) -> dict[str, int]:
     return {str(p): p.stat().st_mtime_ns for p in folder.rglob(pattern)}
 
 
+# sweeps/sweep/accuracy_latency.yaml at tiny scale: 2 stage counts x 2 pth (0: the trained model) x 1 shape x 2
+# precisions, both targets; the CPU target deferred and timed afterwards with --bench, as on the GPU machine
+AL_TINY = ("+sweep=accuracy_latency", "preset=tiny", "sweep.train_shape=[128,128]", "model.stages=2,3",
+           "prune.pth=0,0.6", "resolution=128x128", "precision=fp32,int8", "pipeline.targets.gpu.batch_sizes=[1,4]",
+           "pipeline.targets.cpu.defer=true")
+REPORT_FILES = ("sweep.csv", "sweep.md", "sweep.json", "pareto-gpu.png", "pareto-cpu.png")
+# One torch thread: on a 2-core machine shared with other jobs, torch's OpenMP threads oversubscribe and a tiny
+# model's call can take 100x longer; this test checks what the sweep writes, not how fast (ONNX Runtime's own pool
+# is not affected).
+AL_ENV = {"OMP_NUM_THREADS": "1"}
+
+
+def _points_done(sweep: Path) -> list[Path]:
+    return [p.parent.parent for p in sweep.glob("*/pipeline/summary.json") if p.parent.parent.name != "shared"]
+
+
+def _interrupted_launch(root: Path, after: int, timeout: float = 400) -> None:
+    """Launch the tiny accuracy-latency sweep and kill it (SIGKILL, its whole process group) once ``after`` points
+    have finished: what a pre-empted or Ctrl-C'd launch leaves behind."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **AL_ENV}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *AL_TINY, f"experiment.root={root}"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + timeout
+    try:
+        while len(_points_done(root / "sweeps" / "accuracy_latency")) < after:
+            assert proc.poll() is None, f"the sweep ended (rc {proc.returncode}) before {after} points were done"
+            assert time.time() < deadline, "the sweep took too long"
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
 @pytest.fixture(scope="module")
-def tiny_sweep(tmp_path_factory):
-    """The 2 x 2 tiny sweep with the basic launcher (one training shared by the 4 points)."""
-    root = tmp_path_factory.mktemp("sweep-basic")
-    proc = run_cli("+sweep=tiny", f"experiment.root={root}", timeout=400)
-    return root / "sweeps" / "tiny", proc
+def al_sweep(tmp_path_factory):
+    """The tiny accuracy-latency sweep, run as it would be on the GPU machine and then the VM: (1) a launch killed
+    after 4 of its 8 points, (2) the relaunch, which finishes it, (3) ``--bench cpu`` times the deferred CPU target
+    from the exported files, (4) a relaunch of the finished sweep. Returns what each step left to compare."""
+    root = tmp_path_factory.mktemp("sweep-al")
+    sweep = root / "sweeps" / "accuracy_latency"
+    _interrupted_launch(root, after=4)
+    finished = _points_done(sweep)
+    records_after_kill = _mtimes(sweep, "pipeline/steps/*.json")
+    relaunch = run_cli(*AL_TINY, f"experiment.root={root}", timeout=400, env=AL_ENV)
+    records_after_relaunch = _mtimes(sweep, "pipeline/steps/*.json")
+    assert main([str(sweep), "--bench", "cpu"]) == 0
+    report_after_bench = {f: (sweep / "report" / f).read_bytes() for f in REPORT_FILES}
+    models = _mtimes(sweep / "shared", "*.pt")
+    last = run_cli(*AL_TINY, f"experiment.root={root}", timeout=200, env=AL_ENV)
+    return {"sweep": sweep, "finished_first": finished, "records_after_kill": records_after_kill,
+            "relaunch": relaunch, "records_after_relaunch": records_after_relaunch,
+            "report_after_bench": report_after_bench, "models_before_last": models, "last": last}
+
+
+def _own_eval(folder: Path, target: str, precision: str) -> dict:
+    """The point's own eval output for a target, found on disk (not through the report or the summary)."""
+    found = list((folder / "targets" / target / precision / "eval").glob("*/metrics.json"))
+    assert len(found) == 1, found
+    return io.read_json(found[0])
+
+
+def _own_bench(folder: Path, target: str, precision: str) -> dict:
+    return io.read_json(folder / "targets" / target / precision / "bench" / "bench.json")
 
 
 @pytest.mark.slow
-def test_tiny_sweep_with_the_basic_launcher_writes_the_table_and_the_pareto_plot(tiny_sweep):
-    sweep, proc = tiny_sweep
+def test_accuracy_latency_sweep_report_matches_the_points_own_eval_and_bench_outputs(al_sweep):
+    sweep = al_sweep["sweep"]
     rows = list(csv.DictReader((sweep / "report" / "sweep.csv").open()))
-    assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}, rows
-    assert {(r["pth"], r["shape"]) for r in rows} == {("0.1", "128x128"), ("0.1", "160x160"), ("0.6", "128x128"),
-                                                      ("0.6", "160x160")}
-    assert all(float(r["latency_ms"]) > 0 and float(r["AP"]) >= 0 for r in rows)
-    assert (sweep / "report" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| point" in (sweep / "report" / "sweep.md").read_text() and "| point" in proc.stdout
-    # reuse: one shared model folder, one training, one pruned + retrained model per pth
-    shared = [p for p in (sweep / "shared").iterdir() if p.is_dir()]
-    assert len(shared) == 1
-    assert sorted(p.name for p in (shared[0] / "retrain").iterdir()) == ["pth-0.1", "pth-0.6"]
-    assert proc.stdout.count("train: done earlier") + proc.stderr.count("train: done earlier") == 3
+    points = {f"model.stages={s},precision={p},prune.pth={t},resolution=128x128"
+              for s, t, p in itertools.product((2, 3), ("0", "0.6"), ("fp32", "int8"))}
+    assert {r["point"] for r in rows} == points and len(rows) == 16  # every point, once per target
+    by = {(r["point"], r["target"]): r for r in rows}
+    for (point, target), r in by.items():
+        stages, prec, pth = int(point.split(",")[0][-1]), r["precision"], float(r["pth"])
+        assert (int(r["stages"]), r["shape"]) == (stages, "128x128") and f"precision={prec}" in point
+        if target == "gpu" and prec == "int8":
+            assert r["status"] == "n/a" and "no INT8" in r["error"], r
+            continue
+        assert r["status"] == "ok", r
+        folder = sweep / point
+        ev, bench = _own_eval(folder, target, prec), _own_bench(folder, target, prec)
+        assert float(r["AP"]) == pytest.approx(ev["AP"]) and float(r["APm"]) == pytest.approx(ev["APm"])
+        by_batch = {row["batch"]: row for row in bench["rows"]}
+        assert sorted(by_batch) == ([1, 4] if target == "gpu" else [1])
+        assert float(r["latency_ms"]) == pytest.approx(by_batch[1]["network"]["median_ms"])
+        if target == "gpu":  # the cpu target times the network only (no dataset needed on the VM)
+            assert float(r["e2e_ms"]) == pytest.approx(by_batch[1]["end_to_end"]["median_ms"])
+        else:
+            assert r["e2e_ms"] == "" and "end_to_end" not in by_batch[1]
+        assert float(r["throughput"]) == pytest.approx(by_batch[max(by_batch)]["network"]["throughput_ips"])
+        # the device each latency came from: torch "gpu" target on this CPU-only machine says cpu, and the machine
+        assert r["device"] == by_batch[1]["device"] == "cpu" and r["machine"].endswith(f"({os.cpu_count()} CPUs)")
+        backend = by_batch[1]["backend"]
+        assert backend == ("torch" if target == "gpu" else "onnxruntime")
+        artifact = Path(by_batch[1]["artifact"])
+        if target == "gpu":  # the PyTorch model: pth 0 is the trained model itself
+            want = ("train", "model.pt") if pth == 0 else ("retrain", "pth-0.6", "model.pt")
+            assert artifact.parts[-len(want):] == want and artifact.parts[-len(want) - 1].startswith(f"s{stages}-")
+            assert by_batch[1]["precision"] == prec
+        else:  # the exported file of the point's precision; INT8: the ONNX Runtime model
+            assert artifact.name == f"model.128.128.{prec}{'.cpu' if prec == 'int8' else ''}.onnx"
+            assert artifact.parent.name == ("train" if pth == 0 else "pth-0.6")  # export/<model's folder>/
+    # the fronts, recomputed by brute force from the points' own files
+    report = io.read_json(sweep / "report" / "sweep.json")
+    for target in ("gpu", "cpu"):
+        pts = {p: (_own_bench(sweep / p, target, by[(p, target)]["precision"])["rows"][0]["network"]["median_ms"],
+                   _own_eval(sweep / p, target, by[(p, target)]["precision"])["AP"])
+               for p in points if by[(p, target)]["status"] == "ok"}
+        brute = {p for p, (lat, ap) in pts.items()
+                 if not any(q != p and lq <= lat and aq >= ap and (lq, aq) != (lat, ap) for q, (lq, aq) in pts.items())}
+        reported = {r["point"] for r in rows if r["target"] == target and r["pareto"] == "True"}
+        ties = {p for p in brute for q in brute if q != p and pts[q] == pts[p]}  # identical points: one is kept
+        assert reported <= brute and brute - reported <= ties and reported, (target, reported, brute)
+        assert {f["point"] for f in report["targets"][target]["front"]} == reported
+        assert (sweep / "report" / f"pareto-{target}.png").read_bytes()[:4] == b"\x89PNG"
+    # the wall time is the step records' own
+    records = [io.read_json(p) for p in sweep.rglob("pipeline/steps/*.json")]
+    assert report["wall_time"]["sum_s"] == pytest.approx(sum(r.get("seconds", 0) for r in records), abs=0.2)
+    assert report["wall_time"]["span_s"] > 0 and "Wall time" in (sweep / "report" / "sweep.md").read_text()
 
 
 @pytest.mark.slow
-def test_relaunching_the_sweep_skips_finished_work(tiny_sweep):
-    sweep, _ = tiny_sweep
-    before = {**_mtimes(sweep / "shared", "*.pt"), **_mtimes(sweep, "steps/*.json")}
-    proc = run_cli("+sweep=tiny", f"experiment.root={sweep.parent.parent}", timeout=200)
-    after = {**_mtimes(sweep / "shared", "*.pt"), **_mtimes(sweep, "steps/*.json")}
-    assert before and after == before  # no model rewritten, no step re-run
-    log = proc.stdout + proc.stderr
-    assert "running" not in "".join(line for line in log.splitlines() if "posekit.chain" in line)
-    assert log.count("done earlier") >= 4 * 6
-    assert len(list(csv.DictReader((sweep / "report" / "sweep.csv").open()))) == 4
+def test_pth_0_points_reuse_the_trained_model_and_the_models_are_shared(al_sweep):
+    sweep = al_sweep["sweep"]
+    shared = sorted(p.name for p in (sweep / "shared").iterdir() if p.is_dir())
+    assert [s[:2] for s in shared] == ["s2", "s3"]  # one training per stage count
+    for s in shared:
+        models = sweep / "shared" / s
+        assert sorted(p.name for p in (models / "retrain").iterdir()) == ["pth-0.6"]  # no retrain at pth 0
+        assert sorted(p.name for p in (models / "prune").glob("*.pt")) == ["model.pruned-0.6.pt"]
+    for point in sweep.glob("*prune.pth=0,*"):
+        steps = {s["id"]: s["status"] for s in io.read_json(point / "pipeline" / "summary.json")["steps"]}
+        assert steps["prune-0.0"] == steps["retrain-0.0"] == "skipped"
+        assert (point / "export" / "train").is_dir() and not (point / "export" / "pth-0.0").exists()
 
 
 @pytest.mark.slow
-def test_tiny_sweep_with_the_submitit_local_launcher_reuses_the_shared_models(tiny_sweep, tmp_path):
-    sweep, _ = tiny_sweep
-    shared_models = _mtimes(sweep / "shared", "*.pt")
-    run_cli("+sweep=tiny", "hydra/launcher=local", f"experiment.root={tmp_path}",
-            f"sweep.shared_dir={sweep / 'shared'}", timeout=400)
+def test_a_relaunch_after_an_interruption_skips_the_finished_points_and_gives_the_same_report(al_sweep):
+    sweep, before, after = al_sweep["sweep"], al_sweep["records_after_kill"], al_sweep["records_after_relaunch"]
+    finished = al_sweep["finished_first"]
+    assert 4 <= len(finished) < 8  # the first launch was killed with points left to do
+    for point in finished:  # every step of a finished point was skipped: its records were not rewritten
+        mine = {p: t for p, t in before.items() if p.startswith(str(point) + os.sep)}
+        assert mine and all(after[p] == t for p, t in mine.items()), point
+    rerun = [p for p in after if before.get(p) != after[p]]
+    assert rerun and not any(p.startswith(str(f) + os.sep) for p in rerun for f in finished)
+    log = al_sweep["relaunch"].stdout + al_sweep["relaunch"].stderr
+    assert log.count(": running") == len(rerun)  # the relaunch ran exactly the steps it had not finished
+    # the relaunch of the finished sweep: nothing runs, nothing is rewritten, the report is byte for byte the same
+    last = al_sweep["last"].stdout + al_sweep["last"].stderr
+    assert ": running" not in last and last.count("done earlier") >= 8 * 3
+    assert _mtimes(sweep / "shared", "*.pt") == al_sweep["models_before_last"]
+    assert {f: (sweep / "report" / f).read_bytes() for f in REPORT_FILES} == al_sweep["report_after_bench"]
+
+
+@pytest.mark.slow
+def test_tiny_sweep_with_the_submitit_local_launcher_reuses_the_shared_models(al_sweep, tmp_path):
+    shared = al_sweep["sweep"] / "shared"  # the tiny sweep's s2 model is the accuracy-latency sweep's
+    shared_models = _mtimes(shared, "*.pt")
+    run_cli("+sweep=tiny", "hydra/launcher=local", "prune.pth=0.6", f"experiment.root={tmp_path}",
+            f"sweep.shared_dir={shared}", timeout=400)
     local = tmp_path / "sweeps" / "tiny"
     rows = list(csv.DictReader((local / "report" / "sweep.csv").open()))
-    assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}, rows
-    assert (local / "report" / "pareto.png").is_file() and (local / ".submitit").is_dir()
-    assert _mtimes(sweep / "shared", "*.pt") == shared_models  # trained, pruned, retrained by the first sweep
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"ok"}, rows
+    assert {(r["pth"], r["shape"], r["target"]) for r in rows} == {("0.6", "128x128", "bench"),
+                                                                   ("0.6", "160x160", "bench")}
+    assert all(float(r["latency_ms"]) > 0 and float(r["AP"]) >= 0 for r in rows)
+    assert (local / "report" / "pareto.png").read_bytes()[:4] == b"\x89PNG"  # a bench-step sweep: one plot
+    assert (local / ".submitit").is_dir()
+    assert _mtimes(shared, "*.pt") == shared_models  # trained, pruned, retrained by the first sweep
     assert not (local / "shared").exists()
 
 
 @pytest.mark.slow
-def test_a_failed_point_is_a_failed_row_and_the_sweep_goes_on(tiny_sweep, tmp_path):
-    sweep, _ = tiny_sweep
-    proc = run_cli("+sweep=tiny", "prune.pth=0.1", "resolution=128x128", "retrain.model=null,missing-model.pt",
-                   f"experiment.root={tmp_path}", f"sweep.shared_dir={sweep / 'shared'}", timeout=300)
+def test_a_failed_point_is_a_failed_row_and_the_sweep_goes_on(al_sweep, tmp_path):
+    shared = al_sweep["sweep"] / "shared"
+    proc = run_cli("+sweep=tiny", "prune.pth=0.6", "resolution=128x128", "retrain.model=null,missing-model.pt",
+                   f"experiment.root={tmp_path}", f"sweep.shared_dir={shared}", timeout=300)
     assert proc.returncode == 0
     rows = {r["point"]: r for r in csv.DictReader((tmp_path / "sweeps" / "tiny" / "report" / "sweep.csv").open())}
     assert len(rows) == 2

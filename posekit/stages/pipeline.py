@@ -3,9 +3,12 @@
 Runs ``pipeline.steps`` in this process (default ``train eval prune retrain eval export eval bench``), each step
 with a config derived from the composed one: prune reads the trained model, retrain the pruned one, export the
 latest model once per ``pipeline.precisions``, each ``eval`` evaluates what the step before it produced (every
-exported ONNX after export), bench times every artifact. Then it prints and writes the final table::
+exported ONNX after export), bench times every artifact, ``targets`` evaluates and times what each latency target
+of ``pipeline.targets`` runs (posekit/targets.py). ``prune.pth=0`` means no pruning: prune and retrain are skipped
+and the trained model goes on. Then it prints and writes the final table::
 
-    <experiment>/pipeline/summary.json     rows (artifact, AP, APm, APl, params, GFLOPs, latency), steps, status
+    <experiment>/pipeline/summary.json     rows (artifact, AP, APm, APl, params, GFLOPs, latency), targets, steps,
+                                           status
     <experiment>/pipeline/pipeline.md      the same as Markdown
     <experiment>/pipeline/steps/*.json     one record per step (posekit.chain): re-running skips done steps
 
@@ -56,6 +59,7 @@ from posekit.pipeline_table import (
     Entry,
     find_metric,
     format_rows,
+    format_targets,
     pipeline_markdown,
     table_rows,
     timing_by_label,
@@ -86,6 +90,7 @@ class Pipeline:
         self.artifacts: dict[str, Entry] = {}  # by label
         self.outcomes: list[Outcome] = []
         self.failed_inputs: set[str] = set()  # producing steps that failed: what they would have made is missing
+        self.target_entries: list[dict[str, Any]] = []  # one per (latency target, precision): posekit.targets.entry
 
     # ------------------------------------------------------------------ running
     def run(self) -> dict[str, Any]:
@@ -109,6 +114,16 @@ class Pipeline:
     def _blocked(self, step_id: str, stage: str, why: str) -> None:
         log.warning("%s: not run (%s)", step_id, why)
         self.outcomes.append(Outcome(step_id, stage, "blocked", error=why))
+
+    def _not_needed(self, step_id: str, stage: str, why: str) -> None:
+        log.info("%s: skipped (%s)", step_id, why)
+        self.outcomes.append(Outcome(step_id, stage, "skipped", title=why))
+
+    def _unpruned(self, stage: str) -> bool:
+        """``prune.pth=0`` keeps every filter (posekit/prune/threshold.py): the pruned model would equal the trained
+        one and retraining it would only train longer, so both steps are skipped and the trained model goes on
+        (a point at pth 0 of a sweep is the trained model itself). An explicit ``<stage>.model`` still runs."""
+        return float(self.cfg.prune.pth) == 0 and not self.cfg[stage].model
 
     def _input_model(self, stage: str, explicit: str | None) -> Entry | None:
         """The model a step starts from: an explicit ``<stage>.model`` path wins; else the chain's latest model;
@@ -171,6 +186,8 @@ class Pipeline:
         self._run_model_step("train", "train", cfg, fp, Experiment(cfg).trained_model, "trained", "train")
 
     def _step_prune(self) -> None:
+        if self._unpruned("prune"):
+            return self._not_needed("prune-0.0", "prune", "prune.pth=0: no pruning, the trained model goes on")
         src = self._input_model("prune", self.cfg.prune.model)
         if src is None:
             return self._producer_failed("prune", self.outcomes[-1])
@@ -181,6 +198,8 @@ class Pipeline:
                              f"prune {src.label} at pth {exp.pth}")
 
     def _step_retrain(self) -> None:
+        if self._unpruned("retrain"):
+            return self._not_needed("retrain-0.0", "retrain", "prune.pth=0: nothing pruned, nothing to retrain")
         src = self._input_model("retrain", self.cfg.retrain.model)
         if src is None:
             return self._producer_failed("retrain", self.outcomes[-1])
@@ -273,6 +292,32 @@ class Pipeline:
             else:
                 self.artifacts[lbl].timing.update(t)
 
+    def _step_targets(self) -> None:
+        """AP and latency of what each latency target runs, at each precision of this run (posekit/targets.py)."""
+        from posekit import targets as tg
+
+        exported = [e.artifact for e in self.artifacts.values() if e.kind == "export"]
+        model = self.model.artifact if self.model is not None else None
+        outputs = self.layout.outputs
+        for name in sorted(self.cfg.pipeline.targets):
+            target = self.cfg.pipeline.targets[name]
+            for prec in self._precisions():
+                why = tg.unsupported(name, target, prec)
+                if why is not None:
+                    self.target_entries.append(tg.entry(name, target, prec, outputs, status="n/a", error=why))
+                    continue
+                art = tg.pick_artifact(target, prec, model, exported)
+                if isinstance(art, str):
+                    self._blocked(f"target-{name}-{prec}", "targets", art)
+                    self.target_entries.append(tg.entry(name, target, prec, outputs, status="blocked", error=art))
+                    continue
+                plan = tg.Plan(name, target, prec, art, tg.content_fingerprint(art.path))
+                rec = tg.measure(self._run, self.out_cfg, plan, outputs)
+                if art.label in self.artifacts and self.artifacts[art.label].kind == "export":
+                    # the file's AP, whatever runs it: the pipeline's table shows it too
+                    self.artifacts[art.label].metrics.update({k: rec.get(k) for k in ACCURACY_KEYS if k in rec})
+                self.target_entries.append(rec)
+
     def _step_infer(self) -> None:
         final = self.final_artifact() or self.model
         if final is None:
@@ -305,6 +350,12 @@ class Pipeline:
         failed = [o for o in self.outcomes if o.status in ("failed", "blocked")]
         error = "; ".join(f"{o.step_id}: {o.error}" for o in failed) or None
         ap = final.metrics.get("AP") if final else None
+        stats = {r["label"]: r for r in rows}
+        for e in self.target_entries:  # params/GFLOPs of the model behind what the target ran, at this input shape
+            e.update({k: stats.get(e["label"], {}).get(k) for k in ("params", "gflops")})
+        measured = [e for e in self.target_entries if e.get("AP") is not None]
+        if ap is None and measured:  # a chain whose only evals are the targets' (sweeps/sweep/accuracy_latency.yaml)
+            ap = measured[-1]["AP"]
         hc = hydra_runtime()
         folder = self.layout.outputs / "pipeline"
         summary = {
@@ -314,12 +365,15 @@ class Pipeline:
             "AP": ap,
             "point": self.point(),
             "rows": rows,
+            "targets": self.target_entries,
             "steps": [o.as_dict() for o in self.outcomes],
             "layout": {"models": str(self.layout.models), "outputs": str(self.layout.outputs),
                        "sweep_dir": str(self.layout.sweep_dir) if self.layout.sweep_dir else None},
             "overrides": hc["overrides"] if hc else None,
         }
         table = format_rows(rows) if rows else "(no artifact was produced)"
+        if self.target_entries:
+            table += "\n\nLatency targets (pipeline.targets):\n\n" + format_targets(self.target_entries)
         md = pipeline_markdown(self.layout.outputs.name, list(self.cfg.pipeline.steps), self.layout.models, table,
                                [o.as_dict() for o in self.outcomes])
         io.write_text(folder / "pipeline.md", md)

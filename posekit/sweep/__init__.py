@@ -3,7 +3,9 @@
 The step chain every pipeline runs through (fingerprints, step records, locks, the shared-model layout of a
 sweep) is :mod:`posekit.chain`.
 
-    report.py   a sweep folder -> ``report/sweep.csv``, ``sweep.md``, ``pareto.png`` (AP vs latency);
+    collect.py  a sweep folder -> rows (per point and latency target) and its wall time
+    plot.py     the AP-vs-latency plot of one target (Pareto front, non-overlapping labels)
+    report.py   the rows -> ``report/sweep.csv``, ``sweep.md``, ``sweep.json``, one Pareto plot per target;
                 ``python -m posekit.sweep.report DIR`` and the ``SweepReportCallback`` sweeps end with
     slurm_single_node.sh   a throw-away single-node SLURM cluster (tests/test_slurm.py; docs/slurm.md)
 """

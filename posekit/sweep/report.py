@@ -1,13 +1,18 @@
-"""The sweep report: every point's exported artifacts in one table (CSV + Markdown) and an AP-vs-latency Pareto plot.
+"""The sweep report: every point in one table (CSV, Markdown, JSON), the Pareto front and one AP-vs-latency plot per
+latency target.
 
-    python -m posekit.sweep.report experiments/sweeps/accuracy_latency      # (re)write <sweep>/report/*
+    python -m posekit.sweep.report experiments/sweeps/accuracy_latency               # (re)write <sweep>/report/
+    python -m posekit.sweep.report experiments/sweeps/accuracy_latency --bench cpu   # time the deferred cpu target
+                                                                                     # here, then write the report
 
-A sweep also writes it when it ends (``SweepReportCallback``, set in ``hydra.callbacks`` by sweeps/sweep/*.yaml).
-Rows come from each point's ``pipeline/summary.json`` (written by the pipeline stage, even when a step failed);
-a point without one (killed, still running) shows as ``incomplete``; a failed point shows its error. Nothing here
-needs the stages: the report reads files only.
+A sweep also writes it when it ends (``SweepReportCallback``, set in ``hydra.callbacks`` by sweeps/sweep/common.yaml).
+Rows: :mod:`posekit.sweep.collect` (one per point and latency target; per exported artifact for sweeps timed by the
+pipeline's ``bench`` step, whose target is called ``bench``). Outputs (``<sweep dir>/report/``)::
 
-Outputs (``<sweep dir>/report/``): ``sweep.csv``, ``sweep.md``, ``pareto.png``.
+    sweep.csv  sweep.md  sweep.json    every row; the fronts; the wall time; the devices and machines per target
+    pareto-<target>.png                one plot per target (pareto.png for a bench-step sweep)
+
+The report holds no time of its own: relaunching a finished sweep rewrites the same bytes.
 """
 
 from __future__ import annotations
@@ -23,133 +28,46 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from posekit import io
-from posekit.table import METRIC_COLUMNS, Column, markdown_table, num
+from posekit.sweep.collect import BENCH_STEP, collect, find_points, wall_time
+from posekit.sweep.plot import finite, label, pareto_figure, save_png
+from posekit.table import Column, _ap, _millions, markdown_table, num
 
 log = logging.getLogger("posekit.sweep")
-
-NOT_POINTS = {"shared", "report", ".submitit"}
-
 
 # --------------------------------------------------------------------------------------------- tables
 SWEEP_COLUMNS = [
     Column("point", "point"),
     Column("status", "status"),
+    Column("target", "target"),
     Column("stages", "stages", numeric=True),
     num("pth", "pth", ".3g"),
     Column("shape", "shape"),
     Column("precision", "precision"),
-    Column("format", "format"),
-    *METRIC_COLUMNS,
-    Column("error", "error"),
+    Column("device", "device"),
+    Column("AP", "AP", _ap, numeric=True),
+    Column("APm", "APm", _ap, numeric=True),
+    Column("APl", "APl", _ap, numeric=True),
+    Column("params", "params", _millions, numeric=True),
+    num("gflops", "GFLOPs", ".2f"),
+    num("latency_ms", "latency ms", ".2f"),
+    num("e2e_ms", "e2e ms", ".2f"),
+    num("throughput", "img/s", ".1f"),
+    Column("throughput_batch", "at batch", numeric=True),
+    Column("pareto", "front", lambda v: "yes" if v else ""),
+    Column("error", "note"),
 ]
-CSV_KEYS = ["point", "status", "stages", "width", "pth", "shape", "train_shape", "precision", "format", "artifact",
-            "params", "gflops", "AP", "APm", "APl", "AP50", "latency_ms", "e2e_ms", "throughput", "device", "error"]
-
-
-# --------------------------------------------------------------------------------------------- collecting
-def is_point(folder: Path) -> bool:
-    return folder.is_dir() and folder.name not in NOT_POINTS and not folder.name.startswith(".") and (
-        (folder / ".hydra").is_dir() or (folder / "pipeline").is_dir()
-    )
-
-
-def find_points(sweep_dir: Path) -> list[Path]:
-    """Point folders under ``sweep_dir`` (Hydra job folders: ``.hydra/`` or ``pipeline/`` inside), at any depth
-    (an override value with a ``/`` nests the folder)."""
-    found = []
-    for folder in sorted(p for p in sweep_dir.rglob("*") if p.is_dir()):
-        parts = folder.relative_to(sweep_dir).parts
-        if any(p in NOT_POINTS or p.startswith(".") for p in parts) or any(
-            folder.is_relative_to(f) for f in found
-        ):
-            continue
-        if is_point(folder):
-            found.append(folder)
-    return found
-
-
-def _point_config(folder: Path) -> dict[str, Any]:
-    """stages/width/pth/shape/precision of a point from its Hydra config (for points that left no summary)."""
-    path = folder / ".hydra" / "config.yaml"
-    if not path.is_file():
-        return {}
-    try:
-        cfg = OmegaConf.load(path)
-        shape = OmegaConf.select(cfg, "model.input_shape")
-        precs = OmegaConf.select(cfg, "pipeline.precisions") or [OmegaConf.select(cfg, "precision.name")]
-        return {
-            "stages": OmegaConf.select(cfg, "model.stages"),
-            "width": OmegaConf.select(cfg, "model.width"),
-            "pth": OmegaConf.select(cfg, "prune.pth"),
-            "shape": "x".join(str(v) for v in shape) if shape is not None else None,
-            "precision": ",".join(str(p) for p in precs),
-        }
-    except Exception as e:  # an unreadable config must not hide the other points
-        log.warning("cannot read %s: %s", path, e)
-        return {}
-
-
-def _first_error(folder: Path) -> tuple[str | None, bool]:
-    """(first failed step's error, whether a step is still recorded as running) from the step records."""
-    running, error = False, None
-    for rec_path in sorted((folder / "pipeline" / "steps").glob("*.json")):
-        try:
-            rec = io.read_json(rec_path)
-        except ValueError:
-            continue
-        running |= rec.get("status") == "running"
-        if rec.get("status") == "failed" and error is None:
-            error = f"{rec.get('id')}: {rec.get('error')}"
-    return error, running
-
-
-def point_rows(folder: Path, sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per exported artifact of the point; one ``failed``/``incomplete`` row when it has none."""
-    name = str(folder.relative_to(sweep_dir))
-    summary_path = folder / "pipeline" / "summary.json"
-    summary = None
-    if summary_path.is_file():
-        try:
-            summary = io.read_json(summary_path)
-        except ValueError:
-            summary = None
-    if summary is None:
-        error, running = _first_error(folder)
-        status = "failed" if error and not running else "incomplete"
-        return [{"point": name, "status": status, **_point_config(folder), "error": error or (
-            "still running or killed (no pipeline/summary.json)" if running else "no pipeline/summary.json")}]
-    point = summary.get("point", {})
-    rows = [r for r in summary.get("rows", []) if r.get("kind") == "export"]
-    failure = summary.get("error")
-    if not rows:
-        return [{"point": name, "status": "failed" if failure else "incomplete", **point,
-                 "error": failure or "no exported artifact"}]
-    out = []
-    for r in rows:
-        status = "ok" if r.get("AP") is not None else "failed"
-        out.append({**point, **r, "point": name, "status": status,
-                    "error": r.get("error") or (None if status == "ok" else failure)})
-    return out
-
-
-def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    sweep_dir = Path(sweep_dir)
-    rows = [row for folder in find_points(sweep_dir) for row in point_rows(folder, sweep_dir)]
-
-    def key(r: Mapping[str, Any]) -> tuple:
-        return (r.get("stages") or 0, r.get("pth") or 0, str(r.get("shape")), str(r.get("precision")),
-                str(r.get("format")), r["point"])
-
-    return sorted(rows, key=key)
+CSV_KEYS = ["point", "status", "target", "stages", "width", "pth", "shape", "train_shape", "precision", "backend",
+            "format", "artifact", "params", "gflops", "AP", "APm", "APl", "AP50", "latency_ms", "e2e_ms",
+            "throughput", "throughput_batch", "device", "machine", "point_seconds", "pareto", "error"]
 
 
 # --------------------------------------------------------------------------------------------- Pareto
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
     """For ``(latency, AP)`` pairs: True where no other point is at least as fast and at least as accurate (and
-    strictly better in one)."""
+    strictly better in one). Of identical points, one is on the front."""
     order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
     front = [False] * len(points)
     best_ap = -math.inf
@@ -160,64 +78,27 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
     return front
 
 
-def label(row: Mapping[str, Any]) -> str:
-    """``s3 pth0.2 288x384 int8.cpu``: what tells the points of a sweep apart."""
-    parts = [f"s{row['stages']}" if row.get("stages") is not None else None,
-             f"pth{row['pth']:.3g}" if isinstance(row.get("pth"), (int, float)) else None,
-             row.get("shape"), row.get("precision")]
-    return " ".join(str(p) for p in parts if p)
+def measured(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Rows that can be plotted: status ok with a finite AP and latency."""
+    return [r for r in rows if r.get("status") == "ok" and finite(r.get("AP")) and finite(r.get("latency_ms"))]
 
 
-def plot_pareto(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> Path:
-    """AP vs latency for every measured row, the Pareto front marked and joined, each point labelled."""
-    from matplotlib.figure import Figure  # no pyplot: no global state, no display backend needed
-
-    good = [r for r in rows if _finite(r.get("AP")) and _finite(r.get("latency_ms"))]
-    fig = Figure(figsize=(9, 6), dpi=120, layout="constrained")
-    ax = fig.add_subplot()
-    front = pareto_front([(r["latency_ms"], r["AP"]) for r in good])
-    # marker: precision; colour: stage count (the two things a reader compares first)
-    precisions = sorted({str(r.get("precision")) for r in good})
-    markers = dict(zip(precisions, "osD^v<>pP*"))
-    stage_counts = sorted({r.get("stages") for r in good}, key=lambda s: (s is None, s))
-    colours = {s: f"C{i}" for i, s in enumerate(stage_counts)}
-    for prec in precisions:
-        sel = [r for r in good if str(r.get("precision")) == prec]
-        ax.scatter([r["latency_ms"] for r in sel], [r["AP"] for r in sel], marker=markers[prec], s=36,
-                   c=[colours[r.get("stages")] for r in sel], edgecolor="0.2", alpha=0.85, label=prec, zorder=2)
-    if len(stage_counts) > 1:
-        for s in stage_counts:
-            ax.scatter([], [], marker="s", c=colours[s], label=f"{s} stages")
-    fr = sorted((r for r, f in zip(good, front) if f), key=lambda r: r["latency_ms"])
-    if fr:
-        ax.step([r["latency_ms"] for r in fr], [r["AP"] for r in fr], where="post", color="crimson", lw=1.5,
-                zorder=1, label="Pareto front")
-        ax.scatter([r["latency_ms"] for r in fr], [r["AP"] for r in fr], s=90, facecolor="none", edgecolor="crimson",
-                   lw=1.8, zorder=3)
-    for i, (r, f) in enumerate(zip(good, front)):  # alternate label offsets: neighbours overlap less
-        ax.annotate(label(r), (r["latency_ms"], r["AP"]), xytext=(5, 4 if i % 2 else -9), textcoords="offset points",
-                    fontsize=7 if len(good) <= 30 else 5, color="crimson" if f else "0.25")
-    missing = len(rows) - len(good)
-    ax.set_title(title + (f"  ({missing} row(s) without AP or latency not shown)" if missing else ""), fontsize=10)
-    ax.set_xlabel("latency (ms, batch 1)")
-    ax.set_ylabel("AP (COCO keypoints)")
-    ax.grid(True, alpha=0.3)
-    if good:
-        ax.legend(fontsize=8, loc="lower right")
-    else:
-        ax.text(0.5, 0.5, "no point has both AP and latency yet", ha="center", va="center", transform=ax.transAxes)
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png")
-    return io.write_bytes(path, buf.getvalue())
+def plot_name(target: str) -> str:
+    return "pareto.png" if target == BENCH_STEP else f"pareto-{target}.png"
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
+def target_title(sweep: str, target: str, rows: Sequence[Mapping[str, Any]]) -> str:
+    """``accuracy_latency, target gpu: torch on cuda:0 (NVIDIA H200)``: what ran where, from the rows."""
+    backends = sorted({str(r.get("backend")) for r in rows if r.get("backend")})
+    where = sorted({f"{r.get('device')} ({r.get('machine')})" if r.get("machine") else str(r.get("device"))
+                    for r in rows if r.get("device")})
+    return f"{sweep}, target {target}: " + (f"{'/'.join(backends)} on " if backends else "") + (
+        "; ".join(where) or "not measured")
 
 
 # --------------------------------------------------------------------------------------------- report
 def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Any]:
-    """Write ``sweep.csv``, ``sweep.md`` and ``pareto.png`` for ``sweep_dir``; returns paths and counts."""
+    """Write ``sweep.csv``, ``sweep.md``, ``sweep.json`` and one plot per target; returns paths, rows and fronts."""
     sweep_dir = Path(sweep_dir).resolve()
     if not sweep_dir.is_dir():
         from posekit.errors import UserError
@@ -225,44 +106,91 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> di
         raise UserError(f"sweep folder not found: {sweep_dir}. Pass the folder a sweep wrote (its hydra.sweep.dir).")
     out = Path(out_dir) if out_dir else sweep_dir / "report"
     rows = collect(sweep_dir)
-    good = [r for r in rows if _finite(r.get("AP")) and _finite(r.get("latency_ms"))]
-    front = pareto_front([(r["latency_ms"], r["AP"]) for r in good])
-    for r, f in zip(good, front):
-        r["pareto"] = f
+    targets = sorted({str(r["target"]) for r in rows if r.get("target")})
+    fronts: dict[str, list[dict[str, Any]]] = {}
+    plots: dict[str, Path] = {}
+    for t in targets:  # one front per target: a GPU millisecond and a CPU millisecond do not compete
+        good = measured(r for r in rows if r.get("target") == t)
+        for r, f in zip(good, pareto_front([(r["latency_ms"], r["AP"]) for r in good])):
+            r["pareto"] = f  # type: ignore[index]
+        fronts[t] = sorted((r for r in good if r.get("pareto")), key=lambda r: r["latency_ms"])
+        fig, _ = pareto_figure(good, [bool(r.get("pareto")) for r in good],
+                               target_title(sweep_dir.name, t, [r for r in rows if r.get("target") == t]))
+        plots[t] = save_png(fig, out / plot_name(t))
 
     buf = _io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=[*CSV_KEYS, "pareto"], extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=CSV_KEYS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     csv_path = io.write_text(out / "sweep.csv", buf.getvalue())
 
-    n_points = len({r["point"] for r in rows})
-    failed = sorted({r["point"] for r in rows if r["status"] != "ok"})
-    title = f"sweep {sweep_dir.name}: {n_points} point(s), {len(rows)} artifact row(s), {len(failed)} not ok"
+    points = sorted({r["point"] for r in rows})
+    # deferred (latency to be measured on its machine) and n/a (a precision the target does not run) are not errors
+    not_ok = sorted({r["point"] for r in rows if r["status"] not in ("ok", "n/a", "deferred")})
+    wall = wall_time(sweep_dir)
+    summary = {
+        "sweep": sweep_dir.name,
+        "points": len(points),
+        "rows": rows,
+        "targets": {t: {
+            "plot": plots[t].name,
+            "devices": sorted({f"{r.get('device')} ({r.get('machine')})" for r in rows
+                               if r.get("target") == t and r.get("device")}),
+            "status": {s: sum(1 for r in rows if r.get("target") == t and r["status"] == s)
+                       for s in sorted({r["status"] for r in rows if r.get("target") == t})},
+            "front": [{"point": r["point"], "precision": r.get("precision"), "latency_ms": r["latency_ms"],
+                       "AP": r["AP"]} for r in fronts[t]],
+        } for t in targets},
+        "wall_time": wall,
+        "not_ok": not_ok,
+    }
+    json_path = io.write_json(out / "sweep.json", summary)
+    md_path = io.write_text(out / "sweep.md", markdown(sweep_dir, rows, targets, fronts, plots, wall, not_ok))
     table = markdown_table(rows, SWEEP_COLUMNS)
-    front_rows = [r for r in good if r.get("pareto")]
+    return {"csv": csv_path, "markdown": md_path, "json": json_path, "plots": plots,
+            "plot": next(iter(plots.values()), None), "rows": rows, "fronts": fronts, "failed": not_ok,
+            "wall_time": wall, "table": table}
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    h, rest = divmod(int(round(seconds)), 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d} ({seconds:.0f} s)"
+
+
+def markdown(sweep_dir: Path, rows: list[dict[str, Any]], targets: list[str], fronts: Mapping[str, list],
+             plots: Mapping[str, Path], wall: Mapping[str, Any], not_ok: list[str]) -> str:
+    """``sweep.md``: what the columns mean, the wall time, every row, then per target its plot and front."""
+    n_points = len({r["point"] for r in rows})
     md = [
         f"# Sweep report: `{sweep_dir.name}`",
         "",
-        f"{title}. Folder: `{sweep_dir}`. Regenerate: `python -m posekit.sweep.report {sweep_dir}`.",
+        f"{n_points} point(s), {len(rows)} row(s), {len(not_ok)} point(s) not ok"
+        f"{': ' + ', '.join(not_ok) if not_ok else ''}. Folder: `{sweep_dir}`. "
+        f"Regenerate: `python -m posekit.sweep.report {sweep_dir}`.",
         "",
-        "AP: COCO keypoint AP of the exported artifact on the configured val set (eval stage). Latency: the bench "
-        "stage's network latency at batch 1 on the machine that ran the point; throughput at the bench stage's "
-        "batch size. params / GFLOPs: the source PyTorch model at the point's input shape (2 x conv MACs).",
+        "One row per point and latency target. AP: COCO keypoint AP of what the target runs (the PyTorch model at the "
+        "point's precision for a torch target, the exported file for ONNX Runtime) on the configured val set. "
+        "Latency: median network time per call at batch 1 on the device and machine named in the row (bench "
+        "stage); e2e: preprocess + network + decode at batch 1; img/s: network throughput at the batch in 'at "
+        "batch'. params / GFLOPs: the PyTorch model at the point's input shape (2 x conv MACs). n/a: the target "
+        "does not run that precision (the note says why). front: on the target's Pareto front.",
         "",
-        table,
+        f"Wall time (step records): {wall.get('steps', 0)} steps, their sum {_duration(wall.get('sum_s'))}, first "
+        f"start to last end {_duration(wall.get('span_s'))}"
+        + "".join(f"; {h}: sum {_duration(w['sum_s'])}, span {_duration(w['span_s'])}"
+                  for h, w in wall.get("by_host", {}).items()) + ".",
         "",
-        "## Pareto front (AP vs latency)",
-        "",
-        "![AP vs latency](pareto.png)",
-        "",
-        markdown_table(sorted(front_rows, key=lambda r: r["latency_ms"]), SWEEP_COLUMNS[:-1]) if front_rows
-        else "_no point has both AP and latency_",
+        markdown_table(rows, SWEEP_COLUMNS),
         "",
     ]
-    md_path = io.write_text(out / "sweep.md", "\n".join(md))
-    png_path = plot_pareto(rows, out / "pareto.png", f"{sweep_dir.name}: AP vs latency")
-    return {"csv": csv_path, "markdown": md_path, "plot": png_path, "rows": rows, "failed": failed, "table": table}
+    for t in targets:
+        md += [f"## Target `{t}`: Pareto front (AP vs latency)", "",
+               f"![AP vs latency, target {t}]({plots[t].name})", ""]
+        md += [markdown_table(fronts[t], SWEEP_COLUMNS[:-2]) if fronts[t] else "_no point has both AP and latency_",
+               ""]
+    return "\n".join(md)
 
 
 class SweepReportCallback(Callback):
@@ -276,25 +204,62 @@ class SweepReportCallback(Callback):
             log.error("sweep report failed (%s); retry with: python -m posekit.sweep.report %s", e, sweep_dir)
             return
         print(f"\n{rep['table']}\n")
-        log.info("sweep report: %s, %s, %s%s", rep["markdown"], rep["csv"], rep["plot"],
+        log.info("sweep report: %s, %s, %s, %s%s", rep["markdown"], rep["csv"], rep["json"],
+                 ", ".join(str(p) for p in rep["plots"].values()),
                  f" ({len(rep['failed'])} point(s) not ok: {', '.join(rep['failed'])})" if rep["failed"] else "")
+
+
+# --------------------------------------------------------------------------------------------- deferred targets
+def bench_targets(sweep_dir: str | Path, names: Sequence[str], force: bool = False) -> dict[str, int]:
+    """Time the deferred entries of targets ``names`` at every point of the sweep, on this machine (the 2-core VM for
+    ``cpu``), from the files the sweep left; returns ``{"measured": n, "done earlier": n, "failed": n}``."""
+    from posekit.stages.pipeline import run_stage_step
+    from posekit.targets import bench_deferred
+
+    sweep_dir = Path(sweep_dir).resolve()
+    counts = {"measured": 0, "done earlier": 0, "failed": 0}
+    for folder in find_points(sweep_dir):
+        if not (folder / "pipeline" / "summary.json").is_file():
+            continue
+        for name in names:
+            for e in bench_deferred(folder, name, run_stage_step, force=force):
+                counts[{"ran": "measured", "cached": "done earlier"}.get(e["step"], "failed")] += 1
+                print(f"{folder.name}: {name} {e['precision']} {e['status']} ({e['step']})"
+                      f"{' ' + str(e.get('latency_ms')) + ' ms' if e.get('latency_ms') is not None else ''}"
+                      f"{' ' + str(e['error']) if e.get('error') else ''}", flush=True)
+    return counts
 
 
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m posekit.sweep.report", description=__doc__.split("\n")[0])
     parser.add_argument("sweep_dir", help="the sweep folder (hydra.sweep.dir), e.g. experiments/sweeps/tiny")
     parser.add_argument("--out", help="output folder (default: <sweep_dir>/report)")
+    parser.add_argument("--bench", action="append", default=[], metavar="TARGET",
+                        help="first time the deferred entries of this latency target (e.g. cpu) on this machine, "
+                             "from the sweep's exported files (repeatable)")
+    parser.add_argument("--force", action="store_true", help="with --bench: time the target's measured entries again")
     args = parser.parse_args(list(argv) if argv is not None else None)
     from posekit.errors import UserError
 
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     try:
+        if args.bench:
+            if not Path(args.sweep_dir).is_dir():
+                raise UserError(f"sweep folder not found: {args.sweep_dir}")
+            counts = bench_targets(args.sweep_dir, args.bench, force=args.force)
+            print(f"--bench {','.join(args.bench)}: " + ", ".join(f"{v} {k}" for k, v in counts.items()), flush=True)
         rep = write_report(args.sweep_dir, args.out)
     except UserError as e:
         print(f"posekit: error: {e}", file=sys.stderr)
         return 2
     print(rep["table"])
-    print(f"\nwrote {rep['markdown']}\n      {rep['csv']}\n      {rep['plot']}")
+    print(f"\nwrote {rep['markdown']}\n      {rep['csv']}\n      {rep['json']}")
+    for p in rep["plots"].values():
+        print(f"      {p}")
     return 0
+
+
+__all__ = ["SweepReportCallback", "bench_targets", "collect", "label", "main", "pareto_front", "write_report"]
 
 
 if __name__ == "__main__":
