@@ -24,10 +24,11 @@ steps before, at and 200 steps after the spike. A lab tool: it syncs with the de
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -229,16 +230,60 @@ def report(path: Path, ratio: float = 3.0, window: int = 100, grad_ratio_limit: 
     return out
 
 
+def bn_table(path: Path, every: int = 200, layers: Sequence[str] = ("backbone.block_4a.conv", "backbone.block_4b.conv"),
+             csv_out: Path | None = None) -> list[dict[str, Any]]:
+    """The scale-invariance picture over a probe run: every ``every`` steps, the loss, the gradient norm, and for
+    each named BN-fed conv the share of channels switched off, the median kernel-row norm of those and of the
+    others, and the gradient norm of the switched-off rows. Prints a markdown table; ``csv_out`` gets every 10th
+    step of every BN-fed conv (the committed, reduced form of a probe's JSONL)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as fh:
+        head = json.loads(fh.readline())
+        rows = [json.loads(line) for line in fh]
+    names = head.get("bn_convs", [])
+    idx = [names.index(n) for n in layers if n in names]
+    out = []
+    print("| step | loss | grad norm | " + " | ".join(
+        f"{names[i]}: off share, row norm off / on, grad off" for i in idx) + " |")
+    print("|---:|---:|---:|" + "---|" * len(idx))
+    for r in rows:
+        if r["step"] % every and r is not rows[-1]:
+            continue
+        cells = []
+        for i in idx:
+            w, g = r["bn_w"][i], r["bn_g"][i]
+            off_norm = "—" if w[1] != w[1] else f"{w[1]:.3f}"
+            cells.append(f"{w[0]:.2f}, {off_norm} / {w[2]:.3f}, {g[0]:.2f}")
+        print(f"| {r['step']} | {r['loss']:.0f} | {r['grad_norm']:.0f} | " + " | ".join(cells) + " |")
+        out.append(r)
+    if csv_out is not None:
+        with csv_out.open("w") as fh:
+            fh.write("step,loss,grad_norm,lr,conv,off_share,row_norm_off,row_norm_on,grad_off,grad_on,grad_gamma\n")
+            for r in rows[::10]:
+                for n, w, g in zip(names, r["bn_w"], r["bn_g"]):
+                    fh.write(f"{r['step']},{r['loss']:.2f},{r['grad_norm']:.1f},{r['lr']:.3e},{n},"
+                             + ",".join(f"{x:.5g}" for x in (*w, *g)) + "\n")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=None, help="where the JSONL and the report go (required to train)")
     ap.add_argument("--stop-at", type=int, default=None, help="end the run after this many steps (schedule unchanged)")
     ap.add_argument("--report-only", type=Path, default=None, help="only print the report of an existing JSONL")
+    ap.add_argument("--bn-table", type=Path, default=None,
+                    help="only print the BN-fed convs over an existing JSONL (.gz too); with --csv, write its reduced form")
+    ap.add_argument("--csv", type=Path, default=None)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
+    if args.bn_table:
+        bn_table(args.bn_table, csv_out=args.csv)
+        return
     if args.report_only:
         report(args.report_only)
         return
+    if args.out is None:
+        ap.error("--out is required to train")
     cfg = compose(["stage=train", *args.overrides])
     validate(cfg)
     args.out.mkdir(parents=True, exist_ok=True)
