@@ -7,6 +7,7 @@ computed by the training callback from ``paths.val_ann`` / ``paths.val_images``.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 from functools import cached_property, partial
@@ -19,9 +20,12 @@ from torch.utils.data import DataLoader
 
 from posekit.codec.encode import Encoder
 from posekit.data.coco import PoseDataset, collate_people
+from posekit.data.device_augment import DeviceAugmenter, collate_device_items, torchvision_available, \
+    torchvision_decoder
 from posekit.data.paths import DataPaths, resolve_data
 from posekit.skeleton import Skeleton
 
+log = logging.getLogger("posekit.data")
 
 def configure_worker(worker_id: int, nice: int = 0) -> None:
     """DataLoader ``worker_init_fn``: one OpenCV thread per worker, and the worker's priority lowered by ``nice``.
@@ -102,6 +106,19 @@ class PoseDataModule(pl.LightningDataModule):
         self.val_set: PoseDataset | None = None
         # data.targets_on_device: workers ship keypoints, the training device renders heatmaps and PAFs
         self.targets_on_device = bool(cfg.data.get("targets_on_device", False))
+        # data.augment_on_device: workers ship sources and draws, the training device warps and jitters (the train
+        # set only: validation items are letterboxed once, without randomness, and stay on the workers)
+        self.augment_on_device = bool(cfg.data.get("augment_on_device", False))
+        self.decode_on_device = self.augment_on_device and bool(cfg.data.get("decode_on_device", False))
+        if self.decode_on_device and not torchvision_available():
+            log.warning("data.decode_on_device=true but torchvision is not importable: the loader workers decode the "
+                        "JPEGs (install the torchvision release that matches your torch, e.g. `pip install "
+                        "torchvision==0.26.*` for torch 2.11; docs/data.md)")
+            self.decode_on_device = False
+        self.device_augmenter = (
+            DeviceAugmenter(self.skeleton, self.input_hw, torchvision_decoder if self.decode_on_device else None)
+            if self.augment_on_device else None
+        )
         self.worker_nice = int(cfg.debug.worker_nice)  # range checked by config.validate
         self.encoder = Encoder(self.skeleton, self.input_hw, cfg.codec)
 
@@ -119,7 +136,8 @@ class PoseDataModule(pl.LightningDataModule):
         if stage in (None, "fit") and self.train_set is None:
             self.train_set = PoseDataset(
                 self.paths.train_ann, self.paths.train_images, augment_cfg=d.augment, train=True,
-                min_keypoints=d.main_person_min_keypoints, min_area=d.main_person_min_area, **common,
+                min_keypoints=d.main_person_min_keypoints, min_area=d.main_person_min_area,
+                device_augment=self.augment_on_device, jpeg_bytes=self.decode_on_device, **common,
             )  # fmt: skip
         if stage in (None, "fit", "validate") and self.val_set is None:
             self.val_set = PoseDataset(
@@ -142,7 +160,8 @@ class PoseDataModule(pl.LightningDataModule):
             # whatever state they are (after an in-process eval, e.g. in `stage=pipeline`), and the workers
             # then hang on their first parallel call.
             multiprocessing_context=worker_context() if workers > 0 else None,
-            collate_fn=collate_people if self.targets_on_device else None,
+            collate_fn=collate_device_items if dataset.device_augment else
+            collate_people if self.targets_on_device else None,
         )
 
     def train_dataloader(self) -> DataLoader | ReplayedBatches:
@@ -154,8 +173,14 @@ class PoseDataModule(pl.LightningDataModule):
         return loader
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        """With ``data.targets_on_device``: the batch's keypoints (B, P, J, 3), now on the training device, become
-        ``heatmaps`` (B, J+1, h, w) and ``pafs`` (B, 2L, h, w), the same numbers the workers' ``encode`` makes."""
+        """With ``data.augment_on_device``: the batch's sources and draws, now on the training device, become the
+        ``image`` (B, 3, H, W) uint8 and ``keypoints`` (B, P, J, 3) the workers would have made
+        (:class:`~posekit.data.device_augment.DeviceAugmenter`). With ``data.targets_on_device``: the keypoints
+        become ``heatmaps`` (B, J+1, h, w) and ``pafs`` (B, 2L, h, w), the same numbers the workers' ``encode``
+        makes."""
+        if "plan" in batch:
+            with torch.no_grad():
+                batch = self.device_augmenter(batch)
         if "keypoints" in batch and "heatmaps" not in batch:
             with torch.no_grad():
                 batch["heatmaps"], batch["pafs"] = self.encoder.batch(batch.pop("keypoints"))
