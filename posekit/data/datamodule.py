@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import time
 from functools import cached_property, partial
 
 import cv2
@@ -104,6 +105,8 @@ class PoseDataModule(pl.LightningDataModule):
         self.input_hw = tuple(int(v) for v in cfg.model.input_shape)
         self.train_set: PoseDataset | None = None
         self.val_set: PoseDataset | None = None
+        self.resolve_s: float | None = None  # seconds to find (or generate) the data set, once resolved
+        self.index_s: float | None = None  # seconds setup() spent building the datasets (after resolving)
         # data.targets_on_device: workers ship keypoints, the training device renders heatmaps and PAFs
         self.targets_on_device = bool(cfg.data.get("targets_on_device", False))
         # data.augment_on_device: workers ship sources and draws, the training device warps and jitters (the train
@@ -124,12 +127,21 @@ class PoseDataModule(pl.LightningDataModule):
 
     @cached_property
     def paths(self) -> DataPaths:
-        return resolve_data(self.cfg)
+        t0 = time.perf_counter()
+        paths = resolve_data(self.cfg)
+        self.resolve_s = time.perf_counter() - t0  # generating the synthetic set on first use, else a lookup
+        return paths
 
     def prepare_data(self) -> None:
         self.paths  # generates the synthetic dataset once (other ranks wait on its file lock)
 
     def setup(self, stage: str | None = None) -> None:
+        t0, resolved = time.perf_counter(), self.resolve_s
+        self._build_datasets(stage)
+        spent = time.perf_counter() - t0 - ((self.resolve_s or 0.0) if resolved is None else 0.0)
+        self.index_s = (self.index_s or 0.0) + spent  # reading and indexing the annotations (not resolving them)
+
+    def _build_datasets(self, stage: str | None) -> None:
         d = self.cfg.data
         common = dict(skeleton=self.skeleton, input_hw=self.input_hw, codec_cfg=self.cfg.codec,
                       keypoints_only=self.targets_on_device)
