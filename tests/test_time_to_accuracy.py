@@ -30,13 +30,18 @@ def test_time_to_accuracy_breakdown_adds_up_against_the_runs_records(tmp_path):
     assert t["startup_s"] == pytest.approx(marks["first_step"] - t_cmd, abs=1e-3)
     assert t["train_s"] == pytest.approx(marks["train_end"] - marks["first_step"], abs=1e-3)
     assert t["total_s"] == pytest.approx((stage / "model.pt").stat().st_mtime - t_cmd, abs=1e-3)
-    assert t["data_s"] == pytest.approx(record["data"]["resolve_s"], abs=1e-3) and t["data_s"] > 0
+    assert t["data_s"] == pytest.approx(record["data"]["resolve_s"], abs=1e-3)
+    assert t["startup_without_data_wait_s"] == pytest.approx(t["startup_s"] - t["data_s"], abs=0.01)
     assert all(t[p] >= 0 for p in (*STARTUP_PARTS, "train_s", "finish_s", "exit_s"))
     assert t["snapshot_s"] == pytest.approx(sum(s["save_s"] for s in record["snapshots"]), abs=1e-3)
     assert t["snapshot_s"] <= t["train_s"]
 
-    # cold: the run generated its own data set, in its own cache
+    # cold: the run generated its own data set, in its own cache, started before the imports (posekit.data.early)
     assert list((tmp_path / "runs" / "seed-0" / "cache").rglob("params.json"))
+    data = record["data"]
+    assert data["generated"] and t["generation_s"] == pytest.approx(data["generate_end"] - data["generate_start"],
+                                                                     abs=1e-3) and t["generation_s"] > 0
+    assert t_cmd < data["generate_start"] < marks["setup"] and data["generate_end"] <= marks["setup"]
 
     # one AP point per snapshot, at the snapshot's time, up to the run's last step
     steps = [p["step"] for p in r["curve"]]

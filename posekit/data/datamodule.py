@@ -8,10 +8,10 @@ computed by the training callback from ``paths.val_ann`` / ``paths.val_images``.
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
 import time
 from functools import cached_property, partial
+from multiprocessing.context import BaseContext
 
 import cv2
 import pytorch_lightning as pl
@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from posekit.codec.encode import Encoder
+from posekit.data import forkserver
 from posekit.data.coco import PoseDataset, collate_people
 from posekit.data.device_augment import DeviceAugmenter, collate_device_items, torchvision_available, \
     torchvision_decoder
@@ -46,20 +47,22 @@ def configure_worker(worker_id: int, nice: int = 0) -> None:
 
 # What the forkserver imports once, before it forks any worker: each worker then starts with torch, OpenCV and
 # albumentations already loaded instead of importing them itself (seconds of CPU per worker, times 14 workers).
-FORKSERVER_PRELOAD = ["__main__", "posekit.data.datamodule"]
+FORKSERVER_PRELOAD = list(forkserver.LOADER_MODULES)
+# A process that imports this module starts loaders: whoever starts the forkserver (the synthetic-data generator
+# of a cold run, often) preloads the loader's modules too (posekit.data.forkserver).
+forkserver.want(*FORKSERVER_PRELOAD)
 
 
-def worker_context() -> str:
-    """``forkserver`` where the platform has it (Linux), else ``spawn``.
+def worker_context() -> BaseContext:
+    """The ``forkserver`` context where the platform has it (Linux), else ``spawn``.
 
     Workers never fork from the training process itself: once its OpenCV thread pool has run (an in-process
     evaluation), a forked worker can hang in its first OpenCV call. The forkserver preloads this module's imports
-    (:data:`FORKSERVER_PRELOAD`; it takes effect when the server starts, at the first loader of the process).
+    (:data:`FORKSERVER_PRELOAD`; it takes effect when the server starts: at the first loader of the process, or
+    earlier at the synthetic-data generator's pool, which asks for these modules too).
     """
-    if "forkserver" not in mp.get_all_start_methods():
-        return "spawn"
-    mp.set_forkserver_preload(FORKSERVER_PRELOAD)
-    return "forkserver"
+    forkserver.want(*FORKSERVER_PRELOAD)
+    return forkserver.context()
 
 
 class ReplayedBatches:
@@ -172,7 +175,7 @@ class PoseDataModule(pl.LightningDataModule):
             # whatever state they are (after an in-process eval, e.g. in `stage=pipeline`), and the workers
             # then hang on their first parallel call.
             multiprocessing_context=worker_context() if workers > 0 else None,
-            collate_fn=collate_device_items if dataset.device_augment else
+            collate_fn=collate_device_items if getattr(dataset, "device_augment", False) else
             collate_people if self.targets_on_device else None,
         )
 

@@ -7,8 +7,9 @@ Writes ``<stage dir>/snapshots/``: ``step-NNNNNNN.pt`` (posekit model files, loa
 
     {"every_n_steps": N,
      "marks": {"setup", "train_start", "first_batch", "first_step", "train_end"},  # time.time() of each
-     "data": {"resolve_s", "index_s"},   # seconds the data module spent finding (or generating) the data set and
-                                          # indexing it (before "setup")
+     "data": {"resolve_s", "index_s",    # seconds the data module spent finding (or generating, or waiting for) the
+                                          # data set and indexing it (before "setup")
+              "generate_start", "generate_end", "generated"},  # the early background generation (posekit.data.early)
      "snapshots": [{"step", "time", "save_s"}],  # time: when the step ended; save_s: writing it (in the run's time)
      "snapshot_s": total save_s}
 
@@ -50,8 +51,11 @@ class WeightSnapshots(Callback):
         self._mark("setup")
         if self.folder is None:
             self.folder = Path(trainer.default_root_dir) / "snapshots"
+        from posekit.data import early
+
         dm = getattr(trainer, "datamodule", None)
-        self.data = {"resolve_s": getattr(dm, "resolve_s", None), "index_s": getattr(dm, "index_s", None)}
+        self.data = {"resolve_s": getattr(dm, "resolve_s", None), "index_s": getattr(dm, "index_s", None),
+                     **early.record()}
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._mark("train_start")
