@@ -254,3 +254,4 @@ def test_device_path_switches_are_validated():
     with pytest.raises(ConfigError, match="data.augment_on_device=true needs data.targets_on_device=true"):
         validate(compose("data.augment_on_device=true"))
     validate(compose("data.augment_on_device=true", "data.targets_on_device=true", "data.decode_on_device=true"))
+

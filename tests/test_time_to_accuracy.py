@@ -1,5 +1,6 @@
 """benchmarks/time_to_accuracy.py on a tiny config: the real `launch.py stage=train` with weight snapshots, the
-snapshots evaluated after the run, and a breakdown that adds up against the run's own records."""
+snapshots evaluated after the run, and a breakdown that adds up against the run's own records. The run trains on
+the device data path (data.augment_on_device, on the CPU here): the one end-to-end training of that path."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ def test_time_to_accuracy_breakdown_adds_up_against_the_runs_records(tmp_path):
     from benchmarks.time_to_accuracy import STARTUP_PARTS, main
 
     report = main(["--out", str(tmp_path), "--preset", "tiny", "--seeds", "0", "--every", "1", "--target", "0",
-                   "--val-images", "2", "--final-val-images", "2", "trainer.limit_val_batches=0"])
+                   "--val-images", "2", "--final-val-images", "2", "trainer.limit_val_batches=0",
+                   "data.augment_on_device=true", "data.targets_on_device=true"])
     assert json.loads((tmp_path / "time_to_accuracy.json").read_text()) == json.loads(json.dumps(report))
     (r,) = report["results"]
     t = r["times"]
@@ -23,6 +25,9 @@ def test_time_to_accuracy_breakdown_adds_up_against_the_runs_records(tmp_path):
     stage = tmp_path / "runs" / "seed-0" / "tta" / "train"
     summary = json.loads((stage / "summary.json").read_text())
     marks, t_cmd = record["marks"], r["run"]["t_cmd"]
+    assert summary["config"]["data"]["augment_on_device"] is True  # trained on the device path, to its planned steps
+    assert summary["metrics"]["global_step"] == summary["metrics"]["planned_steps"] > 0
+    assert summary["metrics"]["replaced_samples"] == 0
 
     # the phases are consecutive stretches of one clock: they add up, and each is the run's own marks
     assert sum(t[p] for p in STARTUP_PARTS) == pytest.approx(t["startup_s"], abs=0.01)

@@ -64,17 +64,18 @@ def run_stage(cfg: DictConfig) -> float | None:
     stage = cfg.stage.value if hasattr(cfg.stage, "value") else str(cfg.stage)
     try:
         validate(cfg)
-        if stage in EARLY_START_STAGES:  # before the stage's imports (torch, Lightning: seconds on a cold start)
-            from posekit.data import early
-
-            early.start(cfg)
-        module = stage_module(stage)
         if stage == "pipeline" and _multirun():  # a sweep point: its steps lock their own (shared) folders
+            module = stage_module(stage)
             metrics = module.run(cfg) or {}
         else:
             from posekit.preflight import prepared
 
             with prepared(stage, cfg, overrides=_overrides()) as ready:
+                if stage in EARLY_START_STAGES:  # before the stage's imports (torch, Lightning: seconds, cold)
+                    from posekit.data import early
+
+                    early.start(ready)
+                module = stage_module(stage)
                 metrics = module.run(ready) or {}
     except (UserError, OSError) as e:
         error = e if isinstance(e, UserError) else from_os_error(e)
