@@ -70,7 +70,9 @@ class WeightSnapshots(Callback):
             _sync(pl_module.device)
             self._mark("first_step")
         step = int(trainer.global_step)
-        if step % self.every == 0 and trainer.is_global_zero:
+        # once per optimizer step (with gradient accumulation several batches end at the same step)
+        saved = self.snapshots[-1]["step"] if self.snapshots else None
+        if step > 0 and step % self.every == 0 and step != saved and trainer.is_global_zero:
             self.save(pl_module, step)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
