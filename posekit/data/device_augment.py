@@ -104,7 +104,8 @@ def collate_device_items(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     Returns the stacked per-sample tensors (``source_hw`` (B, 2), ``matrix`` and ``warp_matrix`` (B, 2, 3)
     float64, ``shrink_hw`` (B, 2), ``flipped`` (B,), ``color`` (B, 8) float64, ``border`` (B,), ``mask``
     (B, 1, h, w), ``image_id``, ``replaced``), ``keypoints`` (B, P, J, 3) padded, ``canvas`` uint8 (B, 3, Hc, Wc)
-    with the images the workers decoded (absent when none did), ``jpeg`` (the bytes of the others, None for
+    with the images the workers decoded and ``decoded`` (B,) which rows (both absent when none did), ``jpeg``
+    (the bytes of the others, None for
     decoded ones), the colour plan ``color_perm`` (4, B), and ``plan``: host numbers (Python ints and lists,
     which neither pinning nor the transfer touch) so the device never has to read a size back.
     """
@@ -121,6 +122,7 @@ def collate_device_items(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
             if decoded[i]:
                 canvas[i, :, : hw[i][0], : hw[i][1]] = it["source"]
         batch["canvas"] = canvas
+        batch["decoded"] = torch.tensor(decoded)  # (B,) bool: which rows of the canvas the workers filled
     batch["jpeg"] = [None if d else it["jpeg"] for it, d in zip(items, decoded)]
     shrink = [i for i, (h, _) in enumerate(stacked["shrink_hw"].tolist()) if h > 0]
     batch["shrink_index"] = torch.tensor(shrink, dtype=torch.long)
@@ -176,7 +178,7 @@ class DeviceAugmenter:
         batch["image"] = image
         batch["keypoints"] = transform_keypoints(batch["keypoints"], batch.pop("matrix"), batch.pop("flipped").bool(),
                                                  self._flip_perm(device))
-        for key in ("source_hw", "shrink_hw", "shrink_index", "color", "border", "jpeg", "canvas"):
+        for key in ("source_hw", "shrink_hw", "shrink_index", "color", "border", "jpeg", "canvas", "decoded"):
             batch.pop(key, None)
         return batch
 
@@ -195,7 +197,7 @@ class DeviceAugmenter:
             sizes = batch["source_hw"].to(device)
             ys = torch.arange(hd, device=device)[None, :, None]
             xs = torch.arange(wd, device=device)[None, None, :]
-            decoded = torch.tensor(plan["decoded"], device=device)[:, None, None]
+            decoded = batch["decoded"].to(device)[:, None, None]  # (a tensor of the batch: no copy from the host here)
             inside = (ys < sizes[:, 0, None, None]) & (xs < sizes[:, 1, None, None]) & decoded  # (B, hd, wd)
             region = canvas[:, :, 1 : 1 + hd, 1 : 1 + wd]
             canvas[:, :, 1 : 1 + hd, 1 : 1 + wd] = torch.where(inside[:, None], worker.to(device), region)
