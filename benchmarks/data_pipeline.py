@@ -7,7 +7,9 @@ targets; the image stays uint8, normalized later on the training device), single
 * ``synthetic``: a small synthetic set at the default 384x512 (generated into a temporary folder).
 
 Prints samples/s per core and the share of decode and target encoding, with the hardware, and samples/s per core
-when the workers ship keypoints and the training device renders the targets (``data.targets_on_device``). A
+when the workers ship keypoints and the training device renders the targets (``data.targets_on_device``), when
+they ship the decoded source and the draws and the device augments (``data.augment_on_device``), and when they
+ship the JPEG bytes for the device to decode (``data.decode_on_device``). A
 DataLoader with N workers delivers about N times this (minus collation), which tells how many workers keep a GPU
 fed.
 """
@@ -94,14 +96,19 @@ def main() -> None:
                 light = PoseDataset(ann, images, skeleton, hw, CodecConfig(), AugmentConfig(), train=True, seed=0,
                                     keypoints_only=True)
                 kps_only = item_time(light, args.samples)
+                # data.augment_on_device (+ decode_on_device): the worker reads, draws, makes the mask
+                device = [item_time(PoseDataset(ann, images, skeleton, hw, CodecConfig(), AugmentConfig(), train=True,
+                                                seed=0, keypoints_only=True, device_augment=True, jpeg_bytes=jpeg),
+                                    args.samples) for jpeg in (False, True)]
                 rows.append((name, f"{hw[0]}x{hw[1]}", 1.0 / t["total"], 1e3 * t["total"], t["decode"] / t["total"],
-                             t["targets"] / t["total"], 1.0 / kps_only))  # fmt: skip
+                             t["targets"] / t["total"], 1.0 / kps_only, 1.0 / device[0], 1.0 / device[1]))  # fmt: skip
     print(f"data pipeline, one process, one thread: {hardware()}")
     print("| data | input HxW | samples/s/core | ms/sample | JPEG decode | targets (encode) "
-          "| samples/s/core, targets on device |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for name, hw, rate, ms, dec, tgt, light_rate in rows:
-        print(f"| {name} | {hw} | {rate:.0f} | {ms:.2f} | {dec:.0%} | {tgt:.0%} | {light_rate:.0f} |")
+          "| samples/s/core, targets on device | augment on device | + decode on device |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, hw, rate, ms, dec, tgt, light_rate, dev_rate, bytes_rate in rows:
+        print(f"| {name} | {hw} | {rate:.0f} | {ms:.2f} | {dec:.0%} | {tgt:.0%} | {light_rate:.0f} | {dev_rate:.0f} "
+              f"| {bytes_rate:.0f} |")
 
 
 if __name__ == "__main__":

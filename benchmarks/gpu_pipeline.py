@@ -266,6 +266,10 @@ def parse_loader_configs(text: str | None) -> tuple[tuple[int, float], ...]:
 LOADER_VARIANTS: dict[str, tuple[list[str], int]] = {
     "plain": ([], 0),
     "targets": (["data.targets_on_device=true"], 0),  # workers ship keypoints, the GPU renders the targets
+    # workers ship sources and draws, the GPU warps, jitters and renders (docs/data.md, "The device data path")
+    "device": (["data.targets_on_device=true", "data.augment_on_device=true"], 0),
+    # ... and JPEG bytes, decoded by the GPU (nvJPEG; needs torchvision, else the workers decode, with a warning)
+    "device-decode": (["data.targets_on_device=true", "data.augment_on_device=true", "data.decode_on_device=true"], 0),
     "nice": (["debug.worker_nice=10"], 0),  # workers below the training process's priority
     "compile": (["train.compile=true"], 150),  # torch.compile of the network; the box also holds the compilation
     "memory": (["debug.memory_batches=16"], 0),  # the same Lightning step without the data pipeline

@@ -22,6 +22,7 @@ def first_batch_seconds(workers: int, preload: bool, overrides: list[str]) -> fl
 
     if not preload:
         dm_module.FORKSERVER_PRELOAD = ["__main__"]  # multiprocessing's own default
+        dm_module.forkserver.only("__main__")
     dm = dm_module.PoseDataModule(compose([*overrides, f"data.num_workers={workers}"]))
     dm.prepare_data()
     dm.setup("fit")

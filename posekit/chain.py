@@ -64,6 +64,9 @@ COSMETIC_KEYS = (
     "trainer.log_every_n_steps",
     "debug.profiler",
     "data.num_workers",
+    # where the training augmentation runs (the workers or the device), not what it computes (docs/data.md)
+    "data.augment_on_device",
+    "data.decode_on_device",
     "data.synthetic.cache_dir",
     "train.resume",
 )

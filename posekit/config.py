@@ -118,6 +118,12 @@ class DataConfig:
     num_workers: int = 2
     val_max_images: Optional[int] = None  # cap the val set (validation during training, quick evals)
     targets_on_device: bool = False  # workers ship keypoints; the training device renders heatmaps/PAFs (less CPU)
+    # workers ship each training sample's source image and random draws; the training device warps and colour-jitters
+    # (the CPU path's maths, docs/data.md "The device data path"); needs targets_on_device
+    augment_on_device: bool = False
+    # with augment_on_device: workers ship JPEG bytes and the device decodes them (torchvision.io.decode_jpeg, the
+    # [gpu] extra); without torchvision the workers decode, with a warning
+    decode_on_device: bool = False
     main_person_min_keypoints: int = 5  # TAO data_filtering_params
     main_person_min_area: float = 1024.0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)

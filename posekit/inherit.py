@@ -26,7 +26,7 @@ log = logging.getLogger("posekit")
 INHERITED = ("model.input_shape", "keypoints", "data")
 STAGES = ("prune", "retrain", "export", "eval", "infer", "bench", "calibrate")
 # the inputs a stage may be pointed at; one outside the experiment folder was not trained with its record
-LOADER_KNOBS = ("batch_size", "num_workers", "targets_on_device")
+LOADER_KNOBS = ("batch_size", "num_workers", "targets_on_device", "augment_on_device", "decode_on_device")
 INPUT_KEYS = ("prune.model", "retrain.model", "export.model", "eval.artifact", "infer.artifact")
 
 

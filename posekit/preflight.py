@@ -40,10 +40,10 @@ def resume_checkpoint(stage: str, cfg: DictConfig) -> Path | None:
 
 def check_resume_checkpoint(stage: str, cfg: DictConfig) -> None:
     """Refuse (``UserError``) a checkpoint to resume from that is empty, truncated, foreign or not finite."""
-    from posekit.model.io import read_checkpoint
-
     path = resume_checkpoint(stage, cfg)
     if path is not None:
+        from posekit.model.io import read_checkpoint  # torch: imported only when there is a checkpoint to read
+
         read_checkpoint(path, hint=(
             f"{stage} would resume from it. Move it away (mv {path} {path}.bad) to start {stage} over, or run with "
             "train.resume=false (starts over and overwrites the stage's checkpoints)."

@@ -92,6 +92,7 @@ def validate(cfg: DictConfig) -> None:
     ):
         raise ConfigError(f"sweep.train_shape={list(cfg.sweep.train_shape)}: need [H, W], multiples of 8, or null")
     _validate_decode(cfg.codec.decode)
+    _validate_data_path(cfg.data)
     _validate_training(cfg)
     allowed_steps = [s.value for s in Stage if s.value != "pipeline"] + ["targets"]
     unknown = set(cfg.pipeline.steps) - set(allowed_steps)
@@ -126,6 +127,23 @@ def _validate_decode(d: DictConfig) -> None:
     """``codec.decode``: what the range table cannot say (an odd window); the ranges themselves are in RANGES."""
     if int(d.nms_window) % 2 == 0:
         raise ConfigError(f"codec.decode.nms_window={d.nms_window}: must be an odd number >= 3 (a centred window)")
+
+
+def _validate_data_path(d: DictConfig) -> None:
+    """Where the training data is made (docs/data.md, "The device data path"): the device path hands its
+    keypoints to the device's target rendering, and decoding on the device is part of the device path."""
+    if d.get("decode_on_device") and not d.get("augment_on_device"):
+        raise ConfigError(
+            "data.decode_on_device=true needs data.augment_on_device=true: JPEGs are decoded on the device only for "
+            "the device augmentation, which warps the decoded sources there. Set data.augment_on_device=true "
+            "data.targets_on_device=true, or data.decode_on_device=false."
+        )
+    if d.get("augment_on_device") and not d.get("targets_on_device"):
+        raise ConfigError(
+            "data.augment_on_device=true needs data.targets_on_device=true: the keypoints are moved on the device, "
+            "so the heatmaps and PAFs are rendered there too. Add data.targets_on_device=true, or set "
+            "data.augment_on_device=false (the workers augment and render)."
+        )
 
 
 def _validate_training(cfg: DictConfig) -> None:

@@ -8,11 +8,17 @@ lands on the pixel the image content lands on.
 The geometric part is a hand-built matrix + ``cv2.warpAffine`` rather than albumentations ``Affine``: the
 transform is centred on a chosen person (not on the image) and scaled from that person's box height, which
 ``Affine`` cannot express, and the same matrix must also warp the loss mask and be returned to the caller.
+
+A sample's randomness is one :class:`AugmentDraws` (``Augmenter.draw``): the geometric draws and the colour
+jitter's draws. The CPU path here applies them with OpenCV and albumentations; the device path
+(``posekit.data.device_augment``, ``data.augment_on_device``) applies the very same draws with torch ops, so a test
+can feed one set of draws to both and compare the results.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import albumentations as A
@@ -74,25 +80,81 @@ def transform_keypoints(keypoints: np.ndarray, matrix: np.ndarray) -> np.ndarray
     return out
 
 
+# Below this scale bilinear sampling aliases, so the source is area-resized first (warp_plan).
+AREA_SHRINK_BELOW = 0.6
+
+
+def warp_plan(src_hw: tuple[int, int], matrix: np.ndarray) -> tuple[tuple[int, int] | None, np.ndarray]:
+    """How :func:`warp_image` warps a (H_src, W_src) source with ``matrix``: ``(shrink_hw, warp_matrix)``.
+
+    Bilinear sampling aliases when shrinking, so for scales under :data:`AREA_SHRINK_BELOW` the source is first
+    area-resized to ``shrink_hw`` (h, w), about the output scale, and ``warp_matrix`` (2, 3) is ``matrix`` with
+    that resize folded in (exact); otherwise ``shrink_hw`` is None and ``warp_matrix`` is ``matrix``. The device
+    path (``posekit.data.device_augment``) follows the same plan, computed by this function on the workers.
+    """
+    scale = math.sqrt(abs(np.linalg.det(matrix[:, :2])))
+    if scale >= AREA_SHRINK_BELOW:
+        return None, matrix
+    h, w = (int(v) for v in src_hw[:2])
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    fx, fy = nw / w, nh / h
+    resize = np.array([[fx, 0.0, 0.5 * fx - 0.5], [0.0, fy, 0.5 * fy - 0.5]])  # pixel-index convention
+    return (nh, nw), (_affine(matrix) @ np.linalg.inv(_affine(resize)))[:2]
+
+
 def warp_image(img: np.ndarray, matrix: np.ndarray, input_hw: tuple[int, int], border_value: int = 128) -> np.ndarray:
     """Warp (H_src, W_src, C) uint8 into ``input_hw`` with ``matrix`` (bilinear, constant border).
 
     Bilinear sampling aliases when shrinking, so for scales under 0.6 the source is first area-resized to about
-    the output scale (exact: the resize is folded into the matrix), then warped at a scale near 1.
+    the output scale (exact: the resize is folded into the matrix, :func:`warp_plan`), then warped at a scale
+    near 1.
     """
     H, W = input_hw
-    scale = math.sqrt(abs(np.linalg.det(matrix[:, :2])))
-    if scale < 0.6:
-        h, w = img.shape[:2]
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        fx, fy = nw / w, nh / h
-        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA)
-        resize = np.array([[fx, 0.0, 0.5 * fx - 0.5], [0.0, fy, 0.5 * fy - 0.5]])  # pixel-index convention
-        matrix = (_affine(matrix) @ np.linalg.inv(_affine(resize)))[:2]
+    shrink_hw, matrix = warp_plan(img.shape[:2], matrix)
+    if shrink_hw is not None:
+        img = cv2.resize(img, (shrink_hw[1], shrink_hw[0]), interpolation=cv2.INTER_AREA)
     border = (border_value,) * (img.shape[2] if img.ndim == 3 else 1)
     return cv2.warpAffine(
         img, matrix, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=border
     )
+
+
+# ---------------------------------------------------------------------------------------------- draws
+@dataclass(frozen=True)
+class ColorDraws:
+    """albumentations ``ColorJitter``'s draws for one sample: the four factors and the order the four
+    adjustments run in (0 brightness, 1 contrast, 2 saturation, 3 hue). A factor of 1 (0 for hue) is no change."""
+
+    brightness: float = 1.0
+    contrast: float = 1.0
+    saturation: float = 1.0
+    hue: float = 0.0
+    order: tuple[int, int, int, int] = (0, 1, 2, 3)
+
+    def as_params(self) -> dict[str, Any]:
+        """The keyword arguments of ``ColorJitter.apply``."""
+        return {"brightness": self.brightness, "contrast": self.contrast, "saturation": self.saturation,
+                "hue": self.hue, "order": list(self.order)}
+
+    def as_row(self) -> list[float]:
+        """[brightness, contrast, saturation, hue, order...]: one row of the device path's (B, 8) colour draws."""
+        return [self.brightness, self.contrast, self.saturation, self.hue, *map(float, self.order)]
+
+
+@dataclass(frozen=True)
+class AugmentDraws:
+    """Every random number one training sample's augmentation uses (drawn by :meth:`Augmenter.draw`).
+
+    ``zoom`` multiplies the person-centric scale, ``angle_deg`` rotates about the person, ``shift`` (dx, dy) moves
+    it in input pixels, ``flip`` mirrors left-right (joint labels swapped), ``color`` is the colour jitter's draws
+    (None: no colour jitter).
+    """
+
+    zoom: float = 1.0
+    angle_deg: float = 0.0
+    shift: tuple[float, float] = (0.0, 0.0)
+    flip: bool = False
+    color: ColorDraws | None = None
 
 
 # ---------------------------------------------------------------------------------------------- augmenter
@@ -115,25 +177,41 @@ class Augmenter:
             cj = float(cfg.color_jitter)
             self._color = A.ColorJitter(brightness=cj, contrast=cj, saturation=cj, hue=float(cfg.hue_jitter), p=1.0)
 
-    def geometry(self, rng: np.random.Generator, center: np.ndarray, person_height: float) -> tuple[np.ndarray, bool]:
-        """((2, 3) matrix, flipped) for a main person with box ``center`` (2,) and ``person_height`` (px)."""
+    def draw(self, rng: np.random.Generator) -> AugmentDraws:
+        """One sample's draws, taken from ``rng`` in a fixed order (zoom, angle, shift, flip, then the colour
+        jitter's seed), so a seeded generator reproduces a sample whichever path applies the draws. Disabled:
+        the identity draws, and ``rng`` is not touched."""
         if not self.enabled:
-            return person_centric_matrix(center, person_height, self.input_hw, self.target_scale), False
+            return AugmentDraws()
         c = self.cfg
         zoom = float(rng.uniform(*c.scale_jitter))
         angle = float(rng.uniform(-c.rotate_deg, c.rotate_deg))
         shift = tuple(float(v) for v in rng.uniform(-c.translate_px, c.translate_px, 2))
         flip = bool(rng.random() < c.flip_prob)
-        m = person_centric_matrix(center, person_height, self.input_hw, self.target_scale, zoom, angle, shift, flip)
-        return m, flip
+        return AugmentDraws(zoom, angle, shift, flip, self.draw_color(rng))
+
+    def draw_color(self, rng: np.random.Generator) -> ColorDraws | None:
+        """The colour jitter's draws (None when it is off): albumentations ``ColorJitter.get_params`` seeded
+        from ``rng``, exactly what ``ColorJitter(image=...)`` would draw with that seed (its ``p`` is 1, so it
+        draws nothing else)."""
+        if self._color is None:
+            return None
+        self._color.set_random_seed(int(rng.integers(2**31)))  # albumentations draws from our stream
+        p = self._color.get_params()
+        return ColorDraws(float(p["brightness"]), float(p["contrast"]), float(p["saturation"]), float(p["hue"]),
+                          tuple(int(i) for i in p["order"]))
+
+    def matrix(self, draws: AugmentDraws, center: np.ndarray, person_height: float) -> np.ndarray:
+        """(2, 3) source -> input matrix for a main person with box ``center`` (2,) and ``person_height`` (px)."""
+        return person_centric_matrix(center, person_height, self.input_hw, self.target_scale, draws.zoom,
+                                     draws.angle_deg, draws.shift, draws.flip)
 
     def flip_joints(self, keypoints: np.ndarray) -> np.ndarray:
         """(P, J, 3) -> left/right joint labels swapped (after a mirroring transform)."""
         return keypoints[:, self.flip_perm]
 
-    def color(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """(H, W, 3) uint8 RGB -> colour-jittered (brightness, contrast, saturation, hue); identity when off."""
-        if self._color is None:
+    def apply_color(self, img: np.ndarray, draws: ColorDraws | None) -> np.ndarray:
+        """(H, W, 3) uint8 RGB -> the colour jitter of ``draws`` applied by albumentations; None: unchanged."""
+        if draws is None or self._color is None:
             return img
-        self._color.set_random_seed(int(rng.integers(2**31)))  # albumentations draws from our stream
-        return self._color(image=img)["image"]
+        return self._color.apply(img, **draws.as_params())

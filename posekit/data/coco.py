@@ -31,8 +31,8 @@ from torch.utils.data import Dataset, default_collate, get_worker_info
 from posekit.codec.encode import Encoder
 from posekit.data import masks
 from posekit.data.annotations import load_coco
-from posekit.data.augment import Augmenter, transform_keypoints, warp_image
-from posekit.data.images import CorruptImageError, read_image_rgb, to_chw_uint8
+from posekit.data.augment import AugmentDraws, Augmenter, transform_keypoints, warp_image, warp_plan
+from posekit.data.images import CorruptImageError, decode_image_rgb, read_image_bytes, read_image_rgb, to_chw_uint8
 from posekit.errors import UserError
 from posekit.runtime.preprocess import BORDER_VALUE, strict_affine
 from posekit.skeleton import Skeleton
@@ -139,6 +139,11 @@ class PoseDataset(Dataset):
         keypoints_only: items carry ``keypoints`` (P, J, 3) float32 in input coordinates instead of ``heatmaps`` and
             ``pafs``; the training device renders the targets (``data.targets_on_device``,
             :func:`posekit.codec.encode.encode_batch`; batch them with :func:`collate_people`).
+        device_augment: items are :meth:`device_sample`'s: the source image and the augmentation's draws; the
+            training device warps, jitters and renders (``data.augment_on_device``; batch them with
+            ``posekit.data.device_augment.collate_device_items``).
+        jpeg_bytes: with ``device_augment``, JPEG files are shipped as bytes for the device to decode
+            (``data.decode_on_device``); other formats are still decoded here.
     """
 
     def __init__(
@@ -156,8 +161,12 @@ class PoseDataset(Dataset):
         min_area: float = 1024.0,
         seed: int | None = None,
         keypoints_only: bool = False,
+        device_augment: bool = False,
+        jpeg_bytes: bool = False,
     ):
         self.keypoints_only = keypoints_only
+        self.device_augment = device_augment
+        self.jpeg_bytes = jpeg_bytes
         self.image_dir = Path(image_dir)
         if not self.image_dir.is_dir():
             raise UserError(f"image folder not found: {self.image_dir}")
@@ -222,28 +231,39 @@ class PoseDataset(Dataset):
         return self._rng
 
     # ------------------------------------------------------------------ samples
-    def sample(self, index: int, rng: np.random.Generator | None = None) -> dict[str, Any]:
+    def _placement(self, rec: dict, main: int, src_hw: tuple[int, int], rng: np.random.Generator | None,
+                   draws: AugmentDraws | None) -> tuple[AugmentDraws, np.ndarray, int]:
+        """``(draws, (2, 3) source -> input matrix, border value)`` of one sample: a training sample's random
+        person-centric affine (``draws`` given, or drawn from ``rng``, default this process's stream), or a
+        validation sample's letterbox (no draws)."""
+        if main < 0:
+            # the inference preprocessing's own letterbox (TAO strict), so the val loss sees what eval sees
+            return AugmentDraws(), strict_affine(src_hw, self.input_hw), BORDER_VALUE
+        if draws is None:
+            draws = self.augment.draw(rng if rng is not None else self._generator())
+        matrix = self.augment.matrix(draws, rec["centers"][main], float(rec["sizes"][main, 1]))
+        return draws, matrix, self.augment.border_value
+
+    def sample(self, index: int, rng: np.random.Generator | None = None, draws: AugmentDraws | None = None
+               ) -> dict[str, Any]:
         """The transformed sample before target encoding (for tests, visualisation and benchmarks).
+
+        ``draws`` (default: drawn from ``rng``, default this process's stream) fixes the augmentation, so the
+        device path can be fed the same ones (:meth:`device_sample`).
 
         Returns a dict: ``image`` (H, W, 3) uint8 RGB input, ``keypoints`` (P, J, 3) input coordinates, network
         order (labels swapped if flipped), ``mask`` (1, h, w) float32, ``matrix`` (2, 3) source -> input,
-        ``flipped``, ``image_id``, ``file_name``. Raises :class:`CorruptImageError` for an unreadable image.
+        ``flipped``, ``draws``, ``image_id``, ``file_name``. Raises :class:`CorruptImageError` for an unreadable
+        image.
         """
         rec_idx, main = (int(v) for v in self._samples[index])
         rec = self._records[rec_idx]
         img = read_image_rgb(self.image_dir / rec["file_name"])
-        rng = rng if rng is not None else self._generator()
-        if main >= 0:
-            matrix, flipped = self.augment.geometry(rng, rec["centers"][main], float(rec["sizes"][main, 1]))
-            border = self.augment.border_value
-        else:
-            # the inference preprocessing's own letterbox (TAO strict), so the val loss sees what eval sees
-            matrix, flipped = strict_affine(img.shape[:2], self.input_hw), False
-            border = BORDER_VALUE
+        draws, matrix, border = self._placement(rec, main, img.shape[:2], rng, draws)
         image = warp_image(img, matrix, self.input_hw, border)
-        image = self.augment.color(image, rng)
+        image = self.augment.apply_color(image, draws.color)
         keypoints = transform_keypoints(rec["keypoints"], matrix)
-        if flipped:
+        if draws.flip:
             keypoints = self.augment.flip_joints(keypoints)
         valid = masks.valid_mask(rec["mask_anns"], *img.shape[:2]) if rec["mask_anns"] else None
         mask = masks.warp_mask(valid, matrix, self.input_hw, self.stride)
@@ -252,10 +272,69 @@ class PoseDataset(Dataset):
             "keypoints": keypoints,
             "mask": mask,
             "matrix": matrix,
-            "flipped": flipped,
+            "flipped": draws.flip,
+            "draws": draws,
             "image_id": rec["image_id"],
             "file_name": rec["file_name"],
         }
+
+    def device_sample(self, index: int, rng: np.random.Generator | None = None, draws: AugmentDraws | None = None
+                      ) -> dict[str, Any]:
+        """What the device path needs of a sample (``data.augment_on_device``): the source and the draws, not the
+        warped image. The draws come from the same stream, in the same order, as :meth:`sample`'s.
+
+        Returns a dict: ``source`` (H_src, W_src, 3) uint8 RGB, or None when ``jpeg`` holds the file's JPEG bytes
+        (``jpeg_bytes``; the size then comes from the annotation); ``source_hw`` (2,); ``matrix`` (2, 3) source
+        -> input (keypoints, mask); ``warp_matrix`` (2, 3) and ``shrink_hw`` (h, w), (0, 0) for none: the image's
+        warp plan (``augment.warp_plan``); ``flipped``; ``color`` (8,) the colour draws
+        (``ColorDraws.as_row``, identity without jitter); ``border``; ``keypoints`` (P, J, 3) in *source*
+        coordinates, network order; ``mask`` (1, h, w) as :meth:`sample`'s; ``draws``, ``image_id``,
+        ``file_name``.
+        """
+        from posekit.data.device_augment import is_jpeg
+        from posekit.data.device_color import IDENTITY_ROW
+
+        rec_idx, main = (int(v) for v in self._samples[index])
+        rec = self._records[rec_idx]
+        path = self.image_dir / rec["file_name"]
+        data = read_image_bytes(path)
+        source, jpeg = None, None
+        if self.jpeg_bytes and is_jpeg(data):
+            jpeg, src_hw = data, tuple(rec["hw"])
+        else:
+            source = decode_image_rgb(data, path)
+            src_hw = source.shape[:2]
+        draws, matrix, border = self._placement(rec, main, src_hw, rng, draws)
+        shrink_hw, warp_matrix = warp_plan(src_hw, matrix)
+        valid = masks.valid_mask(rec["mask_anns"], *src_hw) if rec["mask_anns"] else None
+        return {
+            "source": source,
+            "jpeg": jpeg,
+            "source_hw": np.array(src_hw, np.int64),
+            "matrix": np.asarray(matrix, np.float64),
+            "warp_matrix": np.asarray(warp_matrix, np.float64),
+            "shrink_hw": np.array(shrink_hw or (0, 0), np.int64),
+            "flipped": draws.flip,
+            "color": np.array(draws.color.as_row() if draws.color else IDENTITY_ROW, np.float64),
+            "border": border,
+            "keypoints": np.asarray(rec["keypoints"], np.float32).reshape(-1, self.skeleton.num_joints, 3),
+            "mask": masks.warp_mask(valid, matrix, self.input_hw, self.stride),
+            "draws": draws,
+            "image_id": rec["image_id"],
+            "file_name": rec["file_name"],
+        }
+
+    def _device_item(self, i: int, attempt: int) -> dict[str, Any]:
+        """:meth:`device_sample` as tensors for ``collate_device_items``."""
+        s = self.device_sample(i)
+        item = {k: torch.from_numpy(s[k]) for k in ("source_hw", "matrix", "warp_matrix", "shrink_hw", "color",
+                                                     "keypoints", "mask")}
+        item.update(
+            source=None if s["source"] is None else torch.from_numpy(to_chw_uint8(s["source"])),
+            jpeg=s["jpeg"], flipped=int(s["flipped"]), border=int(s["border"]), image_id=s["image_id"],
+            replaced=int(attempt > 0), file_name=s["file_name"],
+        )
+        return item
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         for attempt in range(len(self)):
@@ -263,6 +342,8 @@ class PoseDataset(Dataset):
             if int(self._samples[i, 0]) in self._bad:
                 continue
             try:
+                if self.device_augment:
+                    return self._device_item(i, attempt)
                 s = self.sample(i)
             except CorruptImageError as e:
                 self._skip(i, e)

@@ -18,16 +18,27 @@ class CorruptImageError(UserError):
     """An image file that is missing, unreadable or not an image. Callers skip it and count it."""
 
 
-def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
-    """(H, W, 3) uint8 RGB. Raises :class:`CorruptImageError` (never returns None like ``cv2.imread``)."""
+def read_image_bytes(path: str | os.PathLike) -> np.ndarray:
+    """The file's bytes, (N,) uint8. Raises :class:`CorruptImageError` for a missing or empty file."""
     path = Path(path)
     data = np.fromfile(path, dtype=np.uint8) if path.is_file() else None
     if data is None or data.size == 0:
         raise CorruptImageError(f"cannot read image {path}: file missing or empty")
+    return data
+
+
+def decode_image_rgb(data: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    """Encoded bytes (N,) uint8 -> (H, W, 3) uint8 RGB; :class:`CorruptImageError` naming ``path`` if they are not
+    an image."""
     img = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if img is None:
         raise CorruptImageError(f"cannot decode image {path}: not an image or corrupt")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
+    """(H, W, 3) uint8 RGB. Raises :class:`CorruptImageError` (never returns None like ``cv2.imread``)."""
+    return decode_image_rgb(read_image_bytes(path), path)
 
 
 def normalize(img: np.ndarray) -> np.ndarray:

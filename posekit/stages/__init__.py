@@ -23,6 +23,10 @@ from posekit.errors import EXIT_CODE, UserError, from_os_error, report
 
 log = logging.getLogger("posekit")
 
+# stages whose first step trains on the composed config's data: the loader's forkserver and the synthetic data set
+# start before the stage's imports (posekit.data.early)
+EARLY_START_STAGES = ("train",)
+
 
 def stage_module(name: str) -> Any:
     return importlib.import_module(f"posekit.stages.{name}")
@@ -60,13 +64,18 @@ def run_stage(cfg: DictConfig) -> float | None:
     stage = cfg.stage.value if hasattr(cfg.stage, "value") else str(cfg.stage)
     try:
         validate(cfg)
-        module = stage_module(stage)
         if stage == "pipeline" and _multirun():  # a sweep point: its steps lock their own (shared) folders
+            module = stage_module(stage)
             metrics = module.run(cfg) or {}
         else:
             from posekit.preflight import prepared
 
             with prepared(stage, cfg, overrides=_overrides()) as ready:
+                if stage in EARLY_START_STAGES:  # before the stage's imports (torch, Lightning: seconds, cold)
+                    from posekit.data import early
+
+                    early.start(ready)
+                module = stage_module(stage)
                 metrics = module.run(ready) or {}
     except (UserError, OSError) as e:
         error = e if isinstance(e, UserError) else from_os_error(e)

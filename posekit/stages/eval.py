@@ -28,7 +28,8 @@ MAIN_METRIC = "AP"
 
 # what makes two evals of one artifact the same setting (their folder is shared; another setting gets its own)
 RESULT_SECTIONS = ("eval", "codec", "runtime", "data", "keypoints", "model.input_shape")
-RESULT_EXCLUDE = ("data.batch_size", "data.targets_on_device", "data.augment", "data.main_person_min_keypoints",
+RESULT_EXCLUDE = ("data.batch_size", "data.targets_on_device", "data.augment_on_device",
+                  "data.decode_on_device", "data.augment", "data.main_person_min_keypoints",
                   "data.main_person_min_area", "data.train_ann",
                   "data.train_images", "runtime.device", "runtime.ort_threads", "runtime.cuda_graphs")
 

@@ -34,6 +34,7 @@ from posekit.data.synthetic.dataset import (
     default_cache_dir,
     ensure_synthetic,
     generation_params,
+    is_cached,
 )
 from posekit.data.synthetic.person import RENDERED_JOINTS
 from posekit.data.synthetic.render import SPLITS, VAL_MAX_PEOPLE, preview, render_image
@@ -50,6 +51,7 @@ __all__ = [
     "default_cache_dir",
     "ensure_synthetic",
     "generation_params",
+    "is_cached",
     "preview",
     "render_image",
 ]

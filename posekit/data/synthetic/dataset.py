@@ -11,10 +11,8 @@ import contextlib
 import hashlib
 import json
 import logging
-import multiprocessing as mp
 import os
 import shutil
-import sys
 import uuid
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
@@ -25,6 +23,7 @@ import cv2
 from filelock import FileLock
 from tqdm import tqdm
 
+from posekit.data import forkserver
 from posekit.data.synthetic.person import RENDERED_JOINTS
 from posekit.data.synthetic.render import SPLITS, render_image
 from posekit.errors import UserError
@@ -90,6 +89,12 @@ def dataset_dir(params: Mapping, cache_dir: str | os.PathLike | None = None) -> 
     return root / f"synthetic-{digest}"
 
 
+def is_cached(syn_cfg: Any, skeleton: Skeleton) -> bool:
+    """Whether the data set ``syn_cfg`` describes is complete in its cache (:func:`ensure_synthetic` would not
+    generate it)."""
+    return _complete(dataset_dir(generation_params(syn_cfg, skeleton), getattr(syn_cfg, "cache_dir", None)))
+
+
 def ensure_synthetic(syn_cfg: Any, skeleton: Skeleton, workers: int | None = None) -> dict[str, Path]:
     """The synthetic dataset described by ``syn_cfg`` (a ``SyntheticConfig``), generated on first use.
 
@@ -147,11 +152,10 @@ def _generate(params: dict, root: Path, workers: int) -> None:
                 # on an inherited lock (seen here once). A fork server starts clean. As with any spawn/forkserver
                 # pool, a script calling this needs an `if __name__ == "__main__":` guard (posekit's entry points
                 # have one). An executor (not mp.Pool) fails loudly if a worker dies instead of respawning it.
-                if sys.platform.startswith("linux"):
-                    ctx = mp.get_context("forkserver")
-                    ctx.set_forkserver_preload([__name__])
-                else:
-                    ctx = mp.get_context("spawn")
+                # The process has one forkserver: in a training process it also preloads the loader's modules
+                # (posekit.data.forkserver).
+                forkserver.want(__name__)
+                ctx = forkserver.context()
                 pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init)
                 stack.callback(pool.shutdown, wait=True, cancel_futures=True)  # Ctrl-C: drop the queued images
                 it = pool.map(_render_to_file, args, chunksize=8)
