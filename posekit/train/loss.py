@@ -69,8 +69,9 @@ def conv_kernels(net: nn.Module, scope: str = "all") -> list[torch.Tensor]:
     ``scope="all"``: every one (TAO: backbone and output convs alike). ``"unnormalized"``: only the kernels whose
     output does not go straight into a BatchNorm (:func:`normalized_convs`). Why: BatchNorm makes such a kernel
     scale-invariant, so L1 cannot switch its filters off (the BN scale decides that, under ``optim.l1_bn_gamma``);
-    it can only shrink the kernel, and under Adam a kernel whose channel the BN has switched off shrinks at the
-    full learning rate per step to noise of that size (docs/training.md, "A spike that persists").
+    it can only shrink the kernel, and under Adam the kernels of the channels the BN has switched off (whose loss
+    gradient scales with gamma ~ 0) shrink toward zero at a growing rate (measured: docs/training.md, "The kernels
+    of switched-off channels collapse").
     """
     if scope not in ("all", "unnormalized"):
         raise ValueError(f"unknown kernel L1 scope {scope!r}: use 'all' or 'unnormalized'")

@@ -156,8 +156,8 @@ class PoseModule(pl.LightningModule):
            out); kept steps are clipped to the guard's bound (``optim.guard.clip_factor`` x the running median,
            and ``optim.grad_clip`` if set). ``train/grad_norm`` logs the pre-clip norm, ``train/skipped_steps`` the
            running count.
-        2. L1 (``optim.l1_kernel_reg`` on the conv kernels ``optim.l1_kernels`` names, ``optim.l1_bn_gamma`` on the BN scales), applied as
-           their subgradient ``factor * sign(W)`` added to the gradients: the gradient autograd would give for
+        2. L1 (``optim.l1_kernel_reg`` on the conv kernels ``optim.l1_kernels`` names, ``optim.l1_bn_gamma`` on
+           the BN scales), applied as their subgradient ``factor * sign(W)`` added to the gradients: the gradient autograd would give for
            ``factor * sum|W|`` in the loss (TAO's formulation), as a few fused ``_foreach`` kernels instead of an abs
            and a sum per tensor forward and backward. Added after clipping: the regularizer's pull is bounded by
            construction, and the clip is there for the data term.
