@@ -14,6 +14,9 @@
 #   bash benchmarks/gpu_robust.sh detach 1 2     # copy the tree to /tmp/posekit-snap, then run the seeds there one
 #                                                # after another in a new session (setsid): later device calls may
 #                                                # re-send a changed tree without touching the run
+#   bash benchmarks/gpu_robust.sh detach together 0 2   # the same, the seeds at once on the one card, 7 loader
+#                                                # workers each (the schedule is in steps, so sharing changes the
+#                                                # wall time, not the run)
 #   bash benchmarks/gpu_robust.sh poll 560       # wait up to N s for the detached run, print its progress, collect
 #   EXTRA="pipeline.steps=[...]" bash ...         # extra overrides for every seed run (e.g. leave out the bench step)
 #
@@ -29,6 +32,10 @@ case "${1:-}" in
     mkdir -p "$SNAP/experiments/lab"
     if [ "${1:-}" = probe-pair ]; then
       cd "$SNAP" && setsid nohup bash -c 'bash benchmarks/gpu_robust.sh "$@"; touch experiments/lab/ALL_DONE' _ "$@" \
+        > /tmp/posekit-detached.log 2>&1 < /dev/null &
+    elif [ "${1:-}" = together ]; then
+      shift
+      cd "$SNAP" && setsid nohup bash -c 'bash benchmarks/gpu_robust.sh seeds "$@"; touch experiments/lab/ALL_DONE' _ "$@" \
         > /tmp/posekit-detached.log 2>&1 < /dev/null &
     else
       cd "$SNAP" && setsid nohup bash -c 'for s in "$@"; do bash benchmarks/gpu_robust.sh seeds "$s"; done; touch experiments/lab/ALL_DONE' _ "$@" \
