@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 from posekit import io
 from posekit.sweep.collect import BENCH_STEP, collect, find_points, wall_time
 from posekit.sweep.plot import finite, label, pareto_figure, save_png
-from posekit.table import Column, _ap, _millions, markdown_table, num
+from posekit.table import METRIC_COLUMNS, Column, markdown_table, num
 
 log = logging.getLogger("posekit.sweep")
 
@@ -47,14 +47,7 @@ SWEEP_COLUMNS = [
     Column("shape", "shape"),
     Column("precision", "precision"),
     Column("device", "device"),
-    Column("AP", "AP", _ap, numeric=True),
-    Column("APm", "APm", _ap, numeric=True),
-    Column("APl", "APl", _ap, numeric=True),
-    Column("params", "params", _millions, numeric=True),
-    num("gflops", "GFLOPs", ".2f"),
-    num("latency_ms", "latency ms", ".2f"),
-    num("e2e_ms", "e2e ms", ".2f"),
-    num("throughput", "img/s", ".1f"),
+    *METRIC_COLUMNS,
     Column("throughput_batch", "at batch", numeric=True),
     Column("pareto", "front", lambda v: "yes" if v else ""),
     Column("error", "note"),
