@@ -9,7 +9,8 @@
 #   device-aug     data.targets_on_device + data.augment_on_device (workers ship sources and draws)
 #   device-decode  the same + data.decode_on_device (workers ship JPEG bytes)
 #   memory-fed     debug.memory_batches=64: the same step without a data pipeline (the reference)
-#   device-aug-compiled  device-aug + train.compile=true (the compile time is in its start-up's first step)
+#   *-compiled     cpu-path, memory-fed or device-aug with train.compile=true (the compile time is in the
+#                  start-up's first step)
 # (RUNS="cpu-path memory-fed" picks some.)
 # and prints each run's steady-state images/s: from the progress lines' timestamps, between the second logged
 # step and the last (the first steps pay cuDNN's autotuning and the loader's start). Logs and a JSON go to $OUT
@@ -32,6 +33,8 @@ declare -A runs=(
   [device-decode]="data.targets_on_device=true data.augment_on_device=true data.decode_on_device=true"
   [memory-fed]="debug.memory_batches=64"
   [device-aug-compiled]="data.targets_on_device=true data.augment_on_device=true train.compile=true"
+  [cpu-path-compiled]="train.compile=true"
+  [memory-fed-compiled]="debug.memory_batches=64 train.compile=true"
 )
 for name in ${RUNS:-cpu-path device-aug device-decode memory-fed device-aug-compiled}; do
   # shellcheck disable=SC2086
@@ -47,7 +50,8 @@ out = Path(sys.argv[1])
 BATCH = int(os.environ.get("BATCH", 32))
 line = re.compile(r"^\[(\S+ \S+)\]\[posekit\.train\]\[INFO\] - step (\d+)/\d+ .*")
 rows = {}
-for name in ("cpu-path", "device-aug", "device-decode", "memory-fed", "device-aug-compiled"):
+for name in ("cpu-path", "device-aug", "device-decode", "memory-fed", "device-aug-compiled", "cpu-path-compiled",
+             "memory-fed-compiled"):
     if not (out / f"{name}.log").exists():
         continue
     text = (out / f"{name}.log").read_text(errors="replace")
