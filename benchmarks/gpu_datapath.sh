@@ -3,15 +3,15 @@
 #
 #   bash benchmarks/gpu_datapath.sh [STEPS]     # default 700 optimizer steps per run
 #
-# Runs `launch.py stage=train preset=gpu` for STEPS steps four times on a smaller synthetic set (8,000 images; the
-# loader's rate does not depend on the set's size), with the preset's batch, resolution and workers:
+# Runs `launch.py stage=train preset=gpu` for STEPS steps once per entry of RUNS on a smaller synthetic set (8,000
+# images; the loader's rate does not depend on the set's size), with the preset's batch, resolution and workers:
 #   cpu-path       the preset as it is (workers decode, augment and render the targets)
 #   device-aug     data.targets_on_device + data.augment_on_device (workers ship sources and draws)
 #   device-decode  the same + data.decode_on_device (workers ship JPEG bytes)
 #   memory-fed     debug.memory_batches=64: the same step without a data pipeline (the reference)
 #   *-compiled     cpu-path, memory-fed or device-aug with train.compile=true (the compile time is in the
 #                  start-up's first step)
-# (RUNS="cpu-path memory-fed" picks some.)
+# (RUNS="cpu-path memory-fed" picks some; the default is the first four and device-aug-compiled.)
 # and prints each run's steady-state images/s: from the progress lines' timestamps, between the second logged
 # step and the last (the first steps pay cuDNN's autotuning and the loader's start). Logs and a JSON go to $OUT
 # (or experiments/lab/datapath). Wheels for the packages the machine lacks travel in .whl/ (device README).
@@ -36,12 +36,13 @@ declare -A runs=(
   [cpu-path-compiled]="train.compile=true"
   [memory-fed-compiled]="debug.memory_batches=64 train.compile=true"
 )
-for name in ${RUNS:-cpu-path device-aug device-decode memory-fed device-aug-compiled}; do
+RUNS=${RUNS:-cpu-path device-aug device-decode memory-fed device-aug-compiled}
+for name in $RUNS; do
   # shellcheck disable=SC2086
   timeout 400 python3 launch.py "${common[@]}" experiment.name="datapath-$name" ${runs[$name]} > "$out/$name.log" 2>&1
   echo "$name: rc $?"
 done
-BATCH=${BATCH:-32} python3 - "$out" <<'EOF'
+BATCH=${BATCH:-32} RUNS=$RUNS python3 - "$out" <<'EOF'
 import json, os, re, sys
 from datetime import datetime
 from pathlib import Path
@@ -50,10 +51,7 @@ out = Path(sys.argv[1])
 BATCH = int(os.environ.get("BATCH", 32))
 line = re.compile(r"^\[(\S+ \S+)\]\[posekit\.train\]\[INFO\] - step (\d+)/\d+ .*")
 rows = {}
-for name in ("cpu-path", "device-aug", "device-decode", "memory-fed", "device-aug-compiled", "cpu-path-compiled",
-             "memory-fed-compiled"):
-    if not (out / f"{name}.log").exists():
-        continue
+for name in os.environ["RUNS"].split():  # this call's runs only (an older log in the folder is not one of them)
     text = (out / f"{name}.log").read_text(errors="replace")
     marks = [(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f"), int(m.group(2)))
              for m in map(line.match, text.splitlines()) if m]
@@ -65,8 +63,9 @@ for name in ("cpu-path", "device-aug", "device-decode", "memory-fed", "device-au
     rows[name] = {"steps": [s1, s2], "seconds": round((t2 - t1).total_seconds(), 2),
                   "images_per_s": round(BATCH * (s2 - s1) / (t2 - t1).total_seconds(), 1),
                   "startup": start.group(0) if start else None}
-ref = rows.get("memory-fed", {}).get("images_per_s")
 for name, r in rows.items():
+    # a compiled run against the compiled memory-fed run, an uncompiled one against the uncompiled
+    ref = rows.get("memory-fed-compiled" if name.endswith("-compiled") else "memory-fed", {}).get("images_per_s")
     if "images_per_s" in r and ref:
         r["share_of_memory_fed"] = round(r["images_per_s"] / ref, 3)
     print(f"{name:14s} {r.get('images_per_s', r.get('error'))} images/s  "
