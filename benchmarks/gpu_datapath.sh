@@ -18,10 +18,7 @@
 set -u
 cd "$(dirname "$0")/.."
 steps=${1:-700}
-export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 POSEKIT_CACHE=$PWD/.cache
-if ! python3 -c "import hydra, torch_pruning, pycocotools, albumentations" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-fi
+. benchmarks/gpu_env.sh
 out=${OUT:-experiments/lab/datapath}
 mkdir -p "$out"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU"; } | tee "$out/gpu.txt"
@@ -42,13 +39,12 @@ for name in $RUNS; do
   timeout 400 python3 launch.py "${common[@]}" experiment.name="datapath-$name" ${runs[$name]} > "$out/$name.log" 2>&1
   echo "$name: rc $?"
 done
-BATCH=${BATCH:-32} RUNS=$RUNS python3 - "$out" <<'EOF'
+RUNS=$RUNS python3 - "$out" <<'EOF'
 import json, os, re, sys
 from datetime import datetime
 from pathlib import Path
 
 out = Path(sys.argv[1])
-BATCH = int(os.environ.get("BATCH", 32))
 line = re.compile(r"^\[(\S+ \S+)\]\[posekit\.train\]\[INFO\] - step (\d+)/\d+ .*")
 rows = {}
 for name in os.environ["RUNS"].split():  # this call's runs only (an older log in the folder is not one of them)
@@ -56,12 +52,14 @@ for name in os.environ["RUNS"].split():  # this call's runs only (an older log i
     marks = [(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f"), int(m.group(2)))
              for m in map(line.match, text.splitlines()) if m]
     start = re.search(r"start-up [^\n]*", text)
-    if len(marks) < 3:
-        rows[name] = {"error": "fewer than 3 progress lines", "tail": text[-600:]}
+    summary = Path("experiments") / f"datapath-{name}" / "train" / "summary.json"
+    batch = json.loads(summary.read_text())["config"]["data"]["batch_size"] if summary.is_file() else None
+    if len(marks) < 3 or batch is None:
+        rows[name] = {"error": "fewer than 3 progress lines or no summary", "tail": text[-600:]}
         continue
     (t1, s1), (t2, s2) = marks[1], marks[-1]
     rows[name] = {"steps": [s1, s2], "seconds": round((t2 - t1).total_seconds(), 2),
-                  "images_per_s": round(BATCH * (s2 - s1) / (t2 - t1).total_seconds(), 1),
+                  "images_per_s": round(batch * (s2 - s1) / (t2 - t1).total_seconds(), 1),
                   "startup": start.group(0) if start else None}
 for name, r in rows.items():
     # a compiled run against the compiled memory-fed run, an uncompiled one against the uncompiled

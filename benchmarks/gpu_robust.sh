@@ -30,17 +30,13 @@ case "${1:-}" in
     tar cf - --exclude=./experiments --exclude=./.git --exclude=./.venv . | tar xf - -C "$SNAP"
     shift
     mkdir -p "$SNAP/experiments/lab"
-    if [ "${1:-}" = probe-pair ]; then
-      cd "$SNAP" && setsid nohup bash -c 'bash benchmarks/gpu_robust.sh "$@"; touch experiments/lab/ALL_DONE' _ "$@" \
-        > /tmp/posekit-detached.log 2>&1 < /dev/null &
-    elif [ "${1:-}" = together ]; then
-      shift
-      cd "$SNAP" && setsid nohup bash -c 'bash benchmarks/gpu_robust.sh seeds "$@"; touch experiments/lab/ALL_DONE' _ "$@" \
-        > /tmp/posekit-detached.log 2>&1 < /dev/null &
-    else
-      cd "$SNAP" && setsid nohup bash -c 'for s in "$@"; do bash benchmarks/gpu_robust.sh seeds "$s"; done; touch experiments/lab/ALL_DONE' _ "$@" \
-        > /tmp/posekit-detached.log 2>&1 < /dev/null &
-    fi
+    case "${1:-}" in
+      probe-pair) job='bash benchmarks/gpu_robust.sh "$@"' ;;
+      together) shift; job='bash benchmarks/gpu_robust.sh seeds "$@"' ;;
+      *) job='for s in "$@"; do bash benchmarks/gpu_robust.sh seeds "$s"; done' ;;
+    esac
+    cd "$SNAP" && setsid nohup bash -c "$job; touch experiments/lab/ALL_DONE" _ "$@" \
+      > /tmp/posekit-detached.log 2>&1 < /dev/null &
     sleep 2; echo "detached in $SNAP: seeds $*"; exit 0 ;;
   poll)
     [ -d "$SNAP" ] || { echo "no detached run on this machine"; exit 3; }
@@ -53,10 +49,7 @@ case "${1:-}" in
     [ -e "$SNAP/experiments/lab/ALL_DONE" ] && echo ALL_DONE
     cd "$SNAP" && OUT=$out bash benchmarks/gpu_robust.sh collect > /dev/null; exit 0 ;;
 esac
-export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 POSEKIT_CACHE=$PWD/.cache
-if ! python3 -c "import hydra, torch_pruning, pycocotools, albumentations" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-fi
+. benchmarks/gpu_env.sh
 LAB=experiments/lab
 mkdir -p "$LAB"
 OUT=${OUT:-$LAB/out}
