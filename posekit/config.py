@@ -307,7 +307,9 @@ class ExportConfig:
     paf_upsample: int = 4  # deploy: PAF upsampling folded into the graph (TAO)
     peak_map: bool = True  # deploy: add a max-pool peak map output
     cpu_int8: bool = True  # int8: also write the ONNX Runtime-tuned (U8S8) CPU model
-    cpu_reduce_range: bool = False  # int8 CPU model: 7-bit weights, only for x86 CPUs without VNNI
+    # int8 CPU model: 7-bit weights. null (default): decided on the exporting host, true on an x86 CPU without
+    # VNNI/AMX, whose int8 kernels saturate with 8-bit weights (docs/export.md)
+    cpu_reduce_range: Optional[bool] = None
     workspace_gb: float = 2.0
     parity_images: int = 4  # val images for the real-input parity check (plus one random batch)
     max_batch: int = 64  # dynamic_batch engines: the optimization profile's largest batch

@@ -27,7 +27,7 @@ from posekit.export.calibration import (
     sample_calibration_images,
     write_image_list,
 )
-from posekit.export.onnx_export import export_onnx, output_errors
+from posekit.export.onnx_export import export_onnx, output_errors, read_metadata
 from posekit.export.quantize import calibrate, output_nodes, quantize_for_cpu, quantize_for_tensorrt, save_ranges
 from posekit.runtime.onnxruntime_backend import OrtBackend
 from posekit.runtime.preprocess import preprocess
@@ -164,6 +164,44 @@ def test_cpu_model_is_u8s8(int8):
     weights = [inits[producers[c.input[1]].input[0]] for c in model.graph.node
                if c.op_type == "Conv" and c.input[1] in producers]
     assert weights and all(w.dtype == np.int8 for w in weights)
+
+
+@pytest.mark.parametrize("saturates, variant, wmax", [(True, "cpu-u8s7", 64), (False, "cpu-u8s8", 127)])
+def test_cpu_model_weight_bits_follow_the_exporting_host(int8, tmp_path, monkeypatch, caplog, saturates, variant,
+                                                          wmax):
+    """x86 without VNNI/AMX: 7-bit weights by default (8-bit U8S8 products saturate there); loading an 8-bit model
+    on such a CPU warns, and a 7-bit one never does."""
+    import posekit.runtime.host as host
+
+    monkeypatch.setattr(host, "int8_products_saturate", lambda: saturates)
+    ranges_json = save_ranges(int8["ranges"], tmp_path / "ranges.json")
+    path = quantize_for_cpu(int8["fp32"], tmp_path / "model.int8.cpu.onnx", ranges_json, CalibrationConfig().method)
+    model, inits, producers, _ = _graph(path)
+    assert read_metadata(model)["posekit.int8_variant"] == variant
+    weights = [inits[producers[c.input[1]].input[0]] for c in model.graph.node
+               if c.op_type == "Conv" and c.input[1] in producers]
+    assert max(int(np.abs(w.astype(int)).max()) for w in weights) in (wmax - 1, wmax)  # the top of the range used
+
+    with caplog.at_level("WARNING", logger="posekit.runtime.onnxruntime_backend"):
+        OrtBackend(path)  # the model made for this host: no warning
+        assert not caplog.records
+        monkeypatch.setattr(host, "int8_products_saturate", lambda: True)
+        OrtBackend(path)
+    warned = [r.getMessage() for r in caplog.records]
+    assert (variant == "cpu-u8s8") == bool(warned)
+    assert all("export.cpu_reduce_range=true" in m for m in warned)
+
+
+@pytest.mark.parametrize("machine, flags, saturates", [
+    ("x86_64", [], True), ("x86_64", ["avx512_vnni"], False), ("x86_64", ["avx_vnni"], False),
+    ("x86_64", ["amx_int8", "amx_tile"], False), ("aarch64", [], False),
+])
+def test_which_hosts_saturate(monkeypatch, machine, flags, saturates):
+    import posekit.runtime.host as host
+
+    monkeypatch.setattr(host.platform, "machine", lambda: machine)
+    monkeypatch.setattr(host, "cpu_flags", lambda: flags)
+    assert host.int8_products_saturate() is saturates
 
 
 @pytest.mark.parametrize("which", ["qdq", "cpu"])

@@ -223,20 +223,26 @@ def quantize_for_cpu(
     ranges_json: str | os.PathLike,
     method: str = "entropy",
     *,
-    reduce_range: bool = False,
+    reduce_range: bool | None = None,
     float_outputs: bool = True,
 ) -> Path:
     """The ONNX Runtime CPU model: U8 activations (asymmetric, ReLU folded into the range) x S8 per-channel
     weights, the QDQ form ORT fuses into QLinearConv. ``reduce_range`` (7-bit weights) is for x86 CPUs
-    without VNNI, where 8-bit products can saturate (ORT's advice); keep it off with AVX512-VNNI/AVX-VNNI/AMX.
+    without VNNI or AMX, where 8-bit products saturate (ORT's advice); None decides it on this host
+    (:func:`~posekit.runtime.host.int8_products_saturate`). The model's metadata records the choice
+    (``posekit.int8_variant``: ``cpu-u8s8`` or ``cpu-u8s7``), which :class:`OrtBackend` checks at load time.
     """
     from onnxruntime.quantization import QuantType
 
+    from posekit.runtime.host import int8_products_saturate
+
+    if reduce_range is None:
+        reduce_range = int8_products_saturate()
     return _quantize(
         fp32_onnx, out, ranges_json, method,
         activation_type=QuantType.QUInt8,
-        reduce_range=reduce_range,
+        reduce_range=bool(reduce_range),
         extra_options={"WeightSymmetric": True},
         nodes_to_exclude=output_nodes(fp32_onnx) if float_outputs else (),
-        precision_tag="cpu-u8s8",
+        precision_tag="cpu-u8s7" if reduce_range else "cpu-u8s8",
     )

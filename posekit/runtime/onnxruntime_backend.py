@@ -11,6 +11,7 @@ model's upsampled PAFs are strided back to the stride-8 grid (nearest upsampling
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,19 @@ from posekit.export.artifacts import precision_from_name
 from posekit.runtime.backends import Backend
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+log = logging.getLogger(__name__)
+
+
+def _warn_if_int8_saturates(path: Path) -> None:
+    """An INT8 CPU model with 8-bit weights on an x86 CPU without VNNI/AMX: ORT's kernels can saturate there and
+    give wrong outputs (it moved a test head's peak by 25%), so say so and how to re-export."""
+    from posekit.runtime.host import cpu_name, int8_products_saturate
+
+    if int8_products_saturate():
+        log.warning(
+            "%s has 8-bit weights, and this CPU (%s) has no VNNI or AMX: ONNX Runtime's int8 kernels can saturate "
+            "on it and give wrong heatmaps. Re-export it here (export.cpu_reduce_range=null decides on the "
+            "exporting host) or with export.cpu_reduce_range=true (docs/export.md).", path.name, cpu_name())
 
 
 class OrtBackend(Backend):
@@ -69,6 +83,8 @@ class OrtBackend(Backend):
         self.input_dtype = _ORT_DTYPES.get(inp.type, np.float32)
         self.heat_name, self.paf_name = self._output_names([o.name for o in self.session.get_outputs()])
         self.paf_upsample = int(meta.get("posekit.paf_upsample", 1))
+        if meta.get("posekit.int8_variant") == "cpu-u8s8" and self.device == "cpu":
+            _warn_if_int8_saturates(self.path)
         self.meta: dict[str, Any] = {
             "path": str(self.path),
             "format": "onnx",

@@ -27,7 +27,7 @@ from posekit.errors import MissingArtifactError, UserError
 from posekit.experiment import Experiment
 from posekit.export import artifacts as names
 from posekit.export.artifacts import WRITTEN, Artifact, artifact_record
-from posekit.export.onnx_export import input_shape
+from posekit.export.onnx_export import input_shape, read_metadata
 from posekit.table import Column, text_table
 
 log = logging.getLogger("posekit.export")
@@ -109,8 +109,9 @@ def _int8(cfg: DictConfig, exp: Experiment, out: Path, fp32: Path, hw: tuple[int
     if ex.cpu_int8:
         cpu = quantize_for_cpu(fp32, out / names.model_name(hw, "int8", "cpu"), ranges_path, cal.method,
                                reduce_range=ex.cpu_reduce_range, float_outputs=prec.int8_float_outputs)
-        records["int8_cpu"] = artifact_record(cpu, precision="int8", format="onnx-qdq-u8s8-onnxruntime",
-                                              input_shape=shape)
+        variant = read_metadata(cpu).get("posekit.int8_variant", "cpu-u8s8")
+        records["int8_cpu"] = artifact_record(cpu, precision="int8", format=f"onnx-qdq-{variant[4:]}-onnxruntime",
+                                              input_shape=shape, weight_bits=7 if variant == "cpu-u8s7" else 8)
 
     installed = tensorrt_version()
     trt_version = ex.trt_version or (installed if installed and major(installed) <= 10 else DEFAULT_TRT_VERSION)
