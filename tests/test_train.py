@@ -519,9 +519,10 @@ def test_pruned_model_retrains_through_the_cli(tiny_run):
 # sat on a knife edge (0.0 on a fresh install of 2026-12-05, > 0 before): the wrists and ankles were still 10-25 px
 # off. Width 0.25, 60 epochs and lr 2e-3 on 200 images (720 steps: 12 full batches an epoch) gave AP 0.108 / 0.100 /
 # 0.104 at seeds 42 / 0 / 1 on one 2-core VM (2026-12-06 morning), and on another 2-core VM (AMD EPYC, the
-# evening, at a commit that differs only in a report module) AP 0.027 / 0.086 / 0.114 with AP50 0.223 / 0.397 / 0.399: the strict AP of a 16x16-map model
-# moves with the machine's floating point, whether the model found the people does not. So the bar is on AP50
-# (OKS >= 0.5), with a 2x margin on every run measured; an all-background model scores 0 on both.
+# evening, at a commit that differs only in a report module) AP 0.027 / 0.086 / 0.114 with AP50 0.223 / 0.397 /
+# 0.399: the strict AP of a 16x16-map model moves with the machine's floating point, whether the model found the
+# people does not. So the bar is on AP50 (OKS >= 0.5), with a 2x margin on every run measured; an all-background
+# model scores 0 on both.
 LEARNABLE = (
     "preset=tiny",
     "model.width=0.25",

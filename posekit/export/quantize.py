@@ -217,6 +217,13 @@ def quantize_for_tensorrt(
     )
 
 
+def resolve_reduce_range(setting: bool | None) -> bool:
+    """``export.cpu_reduce_range``: None decides on this host (7-bit weights where int8 products saturate)."""
+    from posekit.runtime.host import int8_products_saturate
+
+    return int8_products_saturate() if setting is None else bool(setting)
+
+
 def quantize_for_cpu(
     fp32_onnx: str | os.PathLike,
     out: str | os.PathLike,
@@ -234,14 +241,11 @@ def quantize_for_cpu(
     """
     from onnxruntime.quantization import QuantType
 
-    from posekit.runtime.host import int8_products_saturate
-
-    if reduce_range is None:
-        reduce_range = int8_products_saturate()
+    reduce_range = resolve_reduce_range(reduce_range)
     return _quantize(
         fp32_onnx, out, ranges_json, method,
         activation_type=QuantType.QUInt8,
-        reduce_range=bool(reduce_range),
+        reduce_range=reduce_range,
         extra_options={"WeightSymmetric": True},
         nodes_to_exclude=output_nodes(fp32_onnx) if float_outputs else (),
         precision_tag="cpu-u8s7" if reduce_range else "cpu-u8s8",

@@ -34,8 +34,8 @@ def cpu_flags() -> list[str]:
 def int8_products_saturate() -> bool:
     """True on an x86 CPU without VNNI or AMX, where ONNX Runtime's U8S8 int8 kernels multiply pairs of 8-bit
     values into 16-bit sums that saturate (``vpmaddubsw``): a model with 8-bit weights can then give wrong outputs,
-    and 7-bit weights (``reduce_range``) avoid it (ORT's advice). On this project's AVX2-only VM the fused kernel
-    moved a sparse ReLU head's peak by 25% with 8-bit weights and 0.3% with 7-bit (tests/test_quantize.py)."""
+    and 7-bit weights (``reduce_range``) avoid it (ORT's advice). On an AVX2-only VM the fused kernel moved a sparse
+    ReLU head's peak by 25% with 8-bit weights, and by less than 5% with 7-bit (docs/export.md)."""
     machine = platform.machine().lower()
     if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
         return False  # ARM's int8 dot products do not saturate this way

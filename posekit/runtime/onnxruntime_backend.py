@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def _warn_if_int8_saturates(path: Path) -> None:
     """An INT8 CPU model with 8-bit weights on an x86 CPU without VNNI/AMX: ORT's kernels can saturate there and
-    give wrong outputs (it moved a test head's peak by 25%), so say so and how to re-export."""
+    give wrong outputs (docs/export.md), so say so and how to re-export."""
     from posekit.runtime.host import cpu_name, int8_products_saturate
 
     if int8_products_saturate():

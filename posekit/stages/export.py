@@ -27,7 +27,7 @@ from posekit.errors import MissingArtifactError, UserError
 from posekit.experiment import Experiment
 from posekit.export import artifacts as names
 from posekit.export.artifacts import WRITTEN, Artifact, artifact_record
-from posekit.export.onnx_export import input_shape, read_metadata
+from posekit.export.onnx_export import input_shape
 from posekit.table import Column, text_table
 
 log = logging.getLogger("posekit.export")
@@ -88,7 +88,9 @@ def _int8(cfg: DictConfig, exp: Experiment, out: Path, fp32: Path, hw: tuple[int
     """Calibrate once (ORT) -> ranges.json, Q/DQ ONNX, CPU INT8 ONNX and the TensorRT calibration cache."""
     from posekit.export.calib_cache import DEFAULT_TRT_VERSION, write_calibration_cache
     from posekit.export.calibration import CalibrationReader
-    from posekit.export.quantize import calibrate, quantize_for_cpu, quantize_for_tensorrt, save_ranges
+    from posekit.export.quantize import (
+        calibrate, quantize_for_cpu, quantize_for_tensorrt, resolve_reduce_range, save_ranges,
+    )
     from posekit.export.tensorrt import major, tensorrt_version
     from posekit.export.calibration_files import prepare_calibration
 
@@ -107,11 +109,12 @@ def _int8(cfg: DictConfig, exp: Experiment, out: Path, fp32: Path, hw: tuple[int
                                 float_outputs=prec.int8_float_outputs)
     records["int8_qdq"] = artifact_record(qdq, precision="int8", format="onnx-qdq-s8s8-tensorrt", input_shape=shape)
     if ex.cpu_int8:
+        reduce_range = resolve_reduce_range(ex.cpu_reduce_range)
         cpu = quantize_for_cpu(fp32, out / names.model_name(hw, "int8", "cpu"), ranges_path, cal.method,
-                               reduce_range=ex.cpu_reduce_range, float_outputs=prec.int8_float_outputs)
-        variant = read_metadata(cpu).get("posekit.int8_variant", "cpu-u8s8")
-        records["int8_cpu"] = artifact_record(cpu, precision="int8", format=f"onnx-qdq-{variant[4:]}-onnxruntime",
-                                              input_shape=shape, weight_bits=7 if variant == "cpu-u8s7" else 8)
+                               reduce_range=reduce_range, float_outputs=prec.int8_float_outputs)
+        records["int8_cpu"] = artifact_record(cpu, precision="int8",
+                                              format=f"onnx-qdq-u8s{7 if reduce_range else 8}-onnxruntime",
+                                              input_shape=shape, weight_bits=7 if reduce_range else 8)
 
     installed = tensorrt_version()
     trt_version = ex.trt_version or (installed if installed and major(installed) <= 10 else DEFAULT_TRT_VERSION)
