@@ -18,6 +18,9 @@
 #                                                # workers each (the schedule is in steps, so sharing changes the
 #                                                # wall time, not the run)
 #   bash benchmarks/gpu_robust.sh poll 560       # wait up to N s for the detached run, print its progress, collect
+#   bash benchmarks/gpu_robust.sh detach tta-pipeline 2   # one seed alone on the card: benchmarks.time_to_accuracy
+#                                                # (cold start, AP curve; issue 20), then the rest of the README's
+#                                                # pipeline (eval, prune, retrain, export, eval, bench) on its model
 #   EXTRA="pipeline.steps=[...]" bash ...         # extra overrides for every seed run (e.g. leave out the bench step)
 #
 # Wheels for the packages the machine lacks travel in .whl/ (the device tool's README); they are installed once.
@@ -31,7 +34,7 @@ case "${1:-}" in
     shift
     mkdir -p "$SNAP/experiments/lab"
     case "${1:-}" in
-      probe-pair) job='bash benchmarks/gpu_robust.sh "$@"' ;;
+      probe-pair|tta-pipeline) job='bash benchmarks/gpu_robust.sh "$@"' ;;
       together) shift; job='bash benchmarks/gpu_robust.sh seeds "$@"' ;;
       *) job='for s in "$@"; do bash benchmarks/gpu_robust.sh seeds "$s"; done' ;;
     esac
@@ -42,7 +45,7 @@ case "${1:-}" in
     [ -d "$SNAP" ] || { echo "no detached run on this machine"; exit 3; }
     out=${OUT:-/tmp}; end=$(( $(date +%s) + ${2:-560} ))
     while [ ! -e "$SNAP/experiments/lab/ALL_DONE" ] && [ "$(date +%s)" -lt "$end" ]; do sleep 15; done
-    for f in "$SNAP"/experiments/lab/seed-*.log "$SNAP"/experiments/lab/pp-*.log; do
+    for f in "$SNAP"/experiments/lab/seed-*.log "$SNAP"/experiments/lab/pp-*.log "$SNAP"/experiments/lab/tta-*.log; do
       [ -e "$f" ] || continue
       echo "== $f"; grep -E "progress|step [0-9]+/|pipeline step|AP [0-9]|Error|pipeline: |skipped|steps, loss|off share|^\{" "$f" | tail -14 | cut -c1-400
     done
@@ -102,12 +105,28 @@ case "${1:-}" in
     done
     wait
     ;;
+  tta-pipeline)
+    seed=${2:?seed}
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    run="$LAB/tta/runs/seed-$seed"
+    python3 -m benchmarks.time_to_accuracy --out "$LAB/tta" --preset gpu --seeds "$seed" --every 750 --final-val-images 300 \
+      ${EXTRA:-} > "$LAB/tta-$seed.log" 2>&1
+    # the rest of `stage=pipeline preset=gpu` on the model just trained, with the data set that run generated
+    POSEKIT_CACHE="$run/cache" python3 launch.py stage=pipeline preset=gpu seed="$seed" experiment.root="$run" \
+      experiment.name=tta "pipeline.steps=[eval,prune,retrain,eval,export,eval,bench]" ${EXTRA:-} \
+      > "$LAB/seed-$seed.log" 2>&1
+    ;;
   collect)
     for d in experiments/seed-*; do
       [ -d "$d" ] || continue
       echo "== $d"; tail -25 "$LAB/$(basename "$d").log"
     done
     find experiments -maxdepth 4 -name summary.json -path "*seed-*" | tar czf "$OUT/seeds.tgz" -T - "$LAB"/seed-*.log 2>/dev/null
+    if [ -d "$LAB/tta" ]; then  # time_to_accuracy's table and JSON, the run's record and logs, the pipeline's summaries
+      (find "$LAB/tta" -maxdepth 1 -name "time_to_accuracy.json"; find "$LAB/tta/runs" \( -name "summary.json" \
+        -o -name "record.json" -o -name "train.log" -o -name "pipeline.md" -o -name "metrics.json" \) ; ls "$LAB"/tta-*.log \
+        "$LAB"/seed-*.log) 2>/dev/null | tar czf "$OUT/tta.tgz" -T -
+    fi
     ls "$LAB"/probe-pp-*.jsonl > /dev/null 2>&1 && tar czf "$OUT/probe-pair.tgz" "$LAB"/probe-pp-*.jsonl "$LAB"/probe-pp-*.report.json "$LAB"/pp-*.log 2>/dev/null
     ;;
   *) echo "usage: $0 probe | probe-pair SEED STOP | seeds SEED... | collect" >&2; exit 2 ;;
