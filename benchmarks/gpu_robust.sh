@@ -129,5 +129,5 @@ case "${1:-}" in
     fi
     ls "$LAB"/probe-pp-*.jsonl > /dev/null 2>&1 && tar czf "$OUT/probe-pair.tgz" "$LAB"/probe-pp-*.jsonl "$LAB"/probe-pp-*.report.json "$LAB"/pp-*.log 2>/dev/null
     ;;
-  *) echo "usage: $0 probe | probe-pair SEED STOP | seeds SEED... | collect" >&2; exit 2 ;;
+  *) echo "usage: $0 probe | probe-pair SEED STOP | seeds SEED... | tta-pipeline SEED | collect | detach ... | poll N" >&2; exit 2 ;;
 esac
