@@ -224,6 +224,11 @@ def resolve_reduce_range(setting: bool | None) -> bool:
     return int8_products_saturate() if setting is None else bool(setting)
 
 
+def cpu_int8_variant(reduce_range: bool) -> str:
+    """The CPU model's ``posekit.int8_variant`` tag: ``cpu-u8s7`` (7-bit weights) or ``cpu-u8s8``."""
+    return "cpu-u8s7" if reduce_range else "cpu-u8s8"
+
+
 def quantize_for_cpu(
     fp32_onnx: str | os.PathLike,
     out: str | os.PathLike,
@@ -248,5 +253,5 @@ def quantize_for_cpu(
         reduce_range=reduce_range,
         extra_options={"WeightSymmetric": True},
         nodes_to_exclude=output_nodes(fp32_onnx) if float_outputs else (),
-        precision_tag="cpu-u8s7" if reduce_range else "cpu-u8s8",
+        precision_tag=cpu_int8_variant(reduce_range),
     )

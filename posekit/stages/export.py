@@ -89,7 +89,7 @@ def _int8(cfg: DictConfig, exp: Experiment, out: Path, fp32: Path, hw: tuple[int
     from posekit.export.calib_cache import DEFAULT_TRT_VERSION, write_calibration_cache
     from posekit.export.calibration import CalibrationReader
     from posekit.export.quantize import (
-        calibrate, quantize_for_cpu, quantize_for_tensorrt, resolve_reduce_range, save_ranges,
+        calibrate, cpu_int8_variant, quantize_for_cpu, quantize_for_tensorrt, resolve_reduce_range, save_ranges,
     )
     from posekit.export.tensorrt import major, tensorrt_version
     from posekit.export.calibration_files import prepare_calibration
@@ -112,8 +112,8 @@ def _int8(cfg: DictConfig, exp: Experiment, out: Path, fp32: Path, hw: tuple[int
         reduce_range = resolve_reduce_range(ex.cpu_reduce_range)
         cpu = quantize_for_cpu(fp32, out / names.model_name(hw, "int8", "cpu"), ranges_path, cal.method,
                                reduce_range=reduce_range, float_outputs=prec.int8_float_outputs)
-        records["int8_cpu"] = artifact_record(cpu, precision="int8",
-                                              format=f"onnx-qdq-u8s{7 if reduce_range else 8}-onnxruntime",
+        variant = cpu_int8_variant(reduce_range).removeprefix("cpu-")  # u8s7 / u8s8, as in the model's metadata
+        records["int8_cpu"] = artifact_record(cpu, precision="int8", format=f"onnx-qdq-{variant}-onnxruntime",
                                               input_shape=shape, weight_bits=7 if reduce_range else 8)
 
     installed = tensorrt_version()
