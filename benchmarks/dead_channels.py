@@ -60,7 +60,8 @@ def relu_stats(net: nn.Module, x: torch.Tensor, train_mode: bool) -> tuple[dict[
     for name, mod in net.named_modules():
         if isinstance(mod, nn.BatchNorm2d):
             previous_bn = name
-            mod.register_forward_hook(bn_hook(name))
+            if train_mode:  # the batch's spread is what train mode normalizes by; eval mode uses the running var
+                mod.register_forward_hook(bn_hook(name))
         elif isinstance(mod, nn.ReLU):
             mod.inplace = False  # the hook must see the ReLU's own output
             mod.register_forward_hook(hook(name))
