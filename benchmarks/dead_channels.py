@@ -1,6 +1,6 @@
 """Which ReLU channels of a model are dead on real inputs: the probe for "a pruned model does not retrain".
 
-    python -m benchmarks.dead_channels MODEL.pt [MODEL.pt ...] --images 'DIR/*.jpg' [--n 32] [--hw 128 128]
+    python -m benchmarks.dead_channels MODEL.pt [MODEL.pt ...] --images 'DIR/*.jpg' [--n 32] [--hw 128 128] [--lift 3]
 
 For each model file (posekit ``.pt``: trained, pruned or retrained) it runs ``--n`` images through the network twice:
 in eval mode (BatchNorm with its running statistics, as inference and the pruning decision see it) and in train mode
@@ -14,6 +14,9 @@ For the BatchNorm before each ReLU, the train-mode pass also gives the batch sta
 per channel, against sqrt(eps): ``bn sd/sqrt(eps)`` is its median over the channels, and ``sd<sqrt(eps)`` the share
 of channels below it. Where a channel's input varies less than sqrt(eps), BatchNorm no longer rescales it to unit
 variance: it passes ``gamma * sd / sqrt(eps)`` of signal, and a negative ``beta`` then holds the ReLU at zero.
+
+``--lift F`` probes each model a second time after ``retrain.lift_bn_inputs=F`` (posekit/prune/lift.py) on the
+first 16 of the same images: what the first retrain step would see with the lift on.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from torch import nn
 
 from posekit.data.images import read_image_rgb
 from posekit.model.io import load_model
+from posekit.prune.lift import lift_bn_inputs
 from posekit.runtime.preprocess import preprocess
 
 
@@ -81,6 +85,7 @@ def main() -> None:
     ap.add_argument("--images", required=True, help="a glob of image files (e.g. the synthetic val images)")
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--hw", type=int, nargs=2, default=None, help="network input; default: the model's own")
+    ap.add_argument("--lift", type=float, default=0.0, help="also probe after retrain.lift_bn_inputs=F; 0: no")
     args = ap.parse_args()
 
     files = sorted(glob.glob(args.images))[: args.n]
@@ -95,16 +100,26 @@ def main() -> None:
         x = torch.from_numpy(np.concatenate([preprocess(read_image_rgb(f), hw).batch for f in files]))
         params = sum(p.numel() for p in net.parameters())
         print(f"\n== {Path(path)}  ({params:,} parameters, {len(files)} images at {hw[0]}x{hw[1]})")
-        ev, ev_out = relu_stats(net, x, train_mode=False)
-        tr, tr_out = relu_stats(net, x, train_mode=True)
-        print(f"{'layer':40s} {'ch':>5s} {'dead eval':>10s} {'dead train':>11s} {'rms eval':>9s} {'rms train':>10s} "
-              f"{'bn sd/sqrt(eps)':>16s} {'sd<sqrt(eps)':>13s}")
-        for name, (c, dead, rms, *_) in ev.items():
-            _, dead_t, rms_t, sd_ratio, below = tr[name]
-            bn_cols = f"{'-':>16s} {'-':>13s}" if math.isnan(sd_ratio) else f"{sd_ratio:16.3g} {below:13.1%}"
-            print(f"{name:40s} {c:5d} {dead:10.1%} {dead_t:11.1%} {rms:9.3g} {rms_t:10.3g} {bn_cols}")
-        print(f"{'final heatmaps / PAFs rms':40s} eval {ev_out[0]:.3g} / {ev_out[1]:.3g}   train {tr_out[0]:.3g} / "
-              f"{tr_out[1]:.3g}")
+        probe(net, x)
+        if args.lift > 0:
+            lift = lift_bn_inputs(net, x[:16], floor=args.lift)
+            print(f"\n== the same after retrain.lift_bn_inputs={args.lift:g} on {min(16, len(x))} of the images: "
+                  f"{lift['lifted_channels']} of {lift['channels']} BN input channels lifted")
+            probe(net, x)
+
+
+def probe(net: nn.Module, x: torch.Tensor) -> None:
+    """Print the per-layer table of :func:`relu_stats` in eval and train mode."""
+    ev, ev_out = relu_stats(net, x, train_mode=False)
+    tr, tr_out = relu_stats(net, x, train_mode=True)
+    print(f"{'layer':40s} {'ch':>5s} {'dead eval':>10s} {'dead train':>11s} {'rms eval':>9s} {'rms train':>10s} "
+          f"{'bn sd/sqrt(eps)':>16s} {'sd<sqrt(eps)':>13s}")
+    for name, (c, dead, rms, *_) in ev.items():
+        _, dead_t, rms_t, sd_ratio, below = tr[name]
+        bn_cols = f"{'-':>16s} {'-':>13s}" if math.isnan(sd_ratio) else f"{sd_ratio:16.3g} {below:13.1%}"
+        print(f"{name:40s} {c:5d} {dead:10.1%} {dead_t:11.1%} {rms:9.3g} {rms_t:10.3g} {bn_cols}")
+    print(f"{'final heatmaps / PAFs rms':40s} eval {ev_out[0]:.3g} / {ev_out[1]:.3g}   train {tr_out[0]:.3g} / "
+          f"{tr_out[1]:.3g}")
 
 
 if __name__ == "__main__":

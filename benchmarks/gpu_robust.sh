@@ -21,6 +21,9 @@
 #   bash benchmarks/gpu_robust.sh detach tta-pipeline 2   # one seed alone on the card: benchmarks.time_to_accuracy
 #                                                # (cold start, AP curve; issue 20), then the rest of the README's
 #                                                # pipeline (eval, prune, retrain, export, eval, bench) on its model
+#   bash benchmarks/gpu_robust.sh lift 3 0.5 3   # issue 21's stall: seed 3's trained model (seeds run) pruned at pth
+#                                                # 0.5, probed by benchmarks.dead_channels with --lift 3, then
+#                                                # retrained with retrain.lift_bn_inputs=3 and evaluated
 #   EXTRA="pipeline.steps=[...]" bash ...         # extra overrides for every seed run (e.g. leave out the bench step)
 #
 # Wheels for the packages the machine lacks travel in .whl/ (the device tool's README); they are installed once.
@@ -34,7 +37,7 @@ case "${1:-}" in
     shift
     mkdir -p "$SNAP/experiments/lab"
     case "${1:-}" in
-      probe-pair|tta-pipeline) job='bash benchmarks/gpu_robust.sh "$@"' ;;
+      probe-pair|tta-pipeline|lift) job='bash benchmarks/gpu_robust.sh "$@"' ;;
       together) shift; job='bash benchmarks/gpu_robust.sh seeds "$@"' ;;
       *) job='for s in "$@"; do bash benchmarks/gpu_robust.sh seeds "$s"; done' ;;
     esac
@@ -45,7 +48,8 @@ case "${1:-}" in
     [ -d "$SNAP" ] || { echo "no detached run on this machine"; exit 3; }
     out=${OUT:-/tmp}; end=$(( $(date +%s) + ${2:-560} ))
     while [ ! -e "$SNAP/experiments/lab/ALL_DONE" ] && [ "$(date +%s)" -lt "$end" ]; do sleep 15; done
-    for f in "$SNAP"/experiments/lab/seed-*.log "$SNAP"/experiments/lab/pp-*.log "$SNAP"/experiments/lab/tta-*.log; do
+    for f in "$SNAP"/experiments/lab/seed-*.log "$SNAP"/experiments/lab/pp-*.log "$SNAP"/experiments/lab/tta-*.log \
+             "$SNAP"/experiments/lab/lift-*.log; do
       [ -e "$f" ] || continue
       echo "== $f"; grep -E "progress|step [0-9]+/|pipeline step|AP [0-9]|Error|pipeline: |skipped|steps, loss|off share|^\{" "$f" | tail -14 | cut -c1-400
     done
@@ -116,6 +120,21 @@ case "${1:-}" in
       experiment.name=tta "pipeline.steps=[eval,prune,retrain,eval,export,eval,bench]" ${EXTRA:-} \
       > "$LAB/seed-$seed.log" 2>&1
     ;;
+  lift)
+    seed=${2:?seed}; pth=${3:?pth}; floor=${4:?floor}
+    model=${MODEL:-$PWD/experiments/seed-$seed/train/model.pt}; name="lift-s$seed-p$pth-f$floor"
+    while [ ! -e "$model" ]; do sleep 10; done  # the seeds run may still be training
+    log="$LAB/$name.log"
+    python3 launch.py stage=prune preset=gpu seed="$seed" experiment.name="$name" prune.model="$model" \
+      prune.pth="$pth" > "$log" 2>&1
+    images=$(find .cache -path "*val*" -name "*.jpg" | head -1 | xargs dirname)
+    python3 -m benchmarks.dead_channels "$model" "experiments/$name/prune/model.pruned-$pth.pt" \
+      --images "$images/*.jpg" --n 32 --lift "$floor" > "$LAB/$name.dead.txt" 2>&1
+    python3 launch.py stage=pipeline preset=gpu seed="$seed" experiment.name="$name" prune.model="$model" \
+      prune.pth="$pth" retrain.model="$PWD/experiments/$name/prune/model.pruned-$pth.pt" \
+      retrain.lift_bn_inputs="$floor" "pipeline.steps=[retrain,eval]" ${EXTRA:-} >> "$log" 2>&1
+    mkdir -p "$OUT"; tar czf "$OUT/$name.tgz" "$log" "$LAB/$name.dead.txt" $(find "experiments/$name" -name "summary*.json")
+    ;;
   collect)
     for d in experiments/seed-*; do
       [ -d "$d" ] || continue
@@ -127,7 +146,9 @@ case "${1:-}" in
         -o -name "record.json" -o -name "train.log" -o -name "pipeline.md" -o -name "metrics.json" \) ; ls "$LAB"/tta-*.log \
         "$LAB"/seed-*.log) 2>/dev/null | tar czf "$OUT/tta.tgz" -T -
     fi
+    for f in "$LAB"/lift-*.log; do [ -e "$f" ] || continue; n=$(basename "$f" .log)
+      tar czf "$OUT/$n.tgz" "$f" "$LAB/$n.dead.txt" $(find "experiments/$n" -name "summary*.json") 2>/dev/null; done
     ls "$LAB"/probe-pp-*.jsonl > /dev/null 2>&1 && tar czf "$OUT/probe-pair.tgz" "$LAB"/probe-pp-*.jsonl "$LAB"/probe-pp-*.report.json "$LAB"/pp-*.log 2>/dev/null
     ;;
-  *) echo "usage: $0 probe | probe-pair SEED STOP | seeds SEED... | tta-pipeline SEED | collect | detach ... | poll N" >&2; exit 2 ;;
+  *) echo "usage: $0 probe | probe-pair SEED STOP | seeds SEED... | tta-pipeline SEED | lift SEED PTH FLOOR | collect | detach ... | poll N" >&2; exit 2 ;;
 esac

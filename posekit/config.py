@@ -261,6 +261,10 @@ class RetrainConfig:
     max_steps: Optional[int] = None  # default: trainer.max_steps (the run's length, hence its schedule)
     max_time: Optional[str] = None  # "DD:HH:MM:SS" safety cap; default: trainer.max_time
     lr_scale: float = 1.0
+    # posekit: before the first step, scale each BN-fed conv so that its BN's batch input sd is at least this many
+    # sqrt(eps) on lift_images calibration images (posekit/prune/lift.py, docs/pruning.md); 0: off
+    lift_bn_inputs: float = 0.0
+    lift_images: int = 16
 
 
 # --------------------------------------------------------------------------------------------- prune

@@ -287,6 +287,8 @@ RANGES: dict[str, tuple[str, str]] = {
     "retrain.max_epochs": ("[0,)", "epochs"),
     "retrain.lr_scale": ("(0,)", "learning-rate factor"),
     "retrain.max_steps": ("[-1,)", "optimizer steps; -1: by epochs"),
+    "retrain.lift_bn_inputs": ("[0,)", "x sqrt(eps) of each BatchNorm; 0: off"),
+    "retrain.lift_images": ("[1,)", "calibration images"),
     "trainer.max_steps": ("[-1,)", "optimizer steps; -1: by epochs"),
     "optim.grad_clip": ("(0,)", "gradient L2 norm; null: only the relative bound"),
     "optim.guard.clip_factor": ("[0,)", "x the running median gradient norm; 0: off"),

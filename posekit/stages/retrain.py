@@ -46,6 +46,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(f"cannot load the pruned model {source}: {e}") from e
     stage_dir = exp.retrain_dir()
     stage_dir.mkdir(parents=True, exist_ok=True)
+    lift = _lift_bn_inputs(cfg, exp, net) if float(cfg.retrain.lift_bn_inputs) > 0 else None
 
     optim = plain(cfg.optim)
     optim["l1_kernel_reg"] = float(cfg.retrain.l1_kernel_reg)
@@ -85,6 +86,26 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         metrics=metrics,
         figures=result.figures,
         resumed_from=str(result.resumed_from) if result.resumed_from else None,
+        lift_bn_inputs=lift,
     )
     report("retrain", result, metrics)
     return {**metrics, WRITTEN: [Artifact.torch_model(result.model_path, f"retrained-{exp.pth}").to_record()]}
+
+
+def _lift_bn_inputs(cfg: DictConfig, exp: Experiment, net: Any) -> dict[str, Any] | None:
+    """``retrain.lift_bn_inputs``: lift the pruned net's BN inputs above eps (posekit/prune/lift.py) on the first
+    ``retrain.lift_images`` calibration images, before the first step. A resumed run loads its checkpoint's
+    weights over these, so it keeps the lift it started with."""
+    import torch
+
+    from posekit.export.calibration_files import prepare_calibration
+    from posekit.prune.lift import lift_bn_inputs
+
+    data, _ = prepare_calibration(cfg, exp)
+    images = torch.from_numpy(data.batches()[: int(cfg.retrain.lift_images)])
+    # on the CPU: every DDP rank computes the same factors from the same images
+    lift = lift_bn_inputs(net, images, floor=float(cfg.retrain.lift_bn_inputs))
+    log.info("retrain.lift_bn_inputs=%s: lifted %d of %d BN input channels on %d images",
+             cfg.retrain.lift_bn_inputs, lift["lifted_channels"], lift["channels"], len(images))
+    return {"floor": float(cfg.retrain.lift_bn_inputs), "images": len(images),
+            "lifted_channels": lift["lifted_channels"], "channels": lift["channels"], "layers": lift["layers"]}
