@@ -23,7 +23,8 @@
 #                                                # pipeline (eval, prune, retrain, export, eval, bench) on its model
 #   bash benchmarks/gpu_robust.sh lift 3 0.5 3   # issue 21's stall: seed 3's trained model (seeds run) pruned at pth
 #                                                # 0.5, probed by benchmarks.dead_channels with --lift 3, then
-#                                                # retrained with retrain.lift_bn_inputs=3 and evaluated
+#                                                # retrained with retrain.lift_bn_inputs=3 and evaluated (MODEL=
+#                                                # and CACHE= point it at another run's model and data set)
 #   EXTRA="pipeline.steps=[...]" bash ...         # extra overrides for every seed run (e.g. leave out the bench step)
 #
 # Wheels for the packages the machine lacks travel in .whl/ (the device tool's README); they are installed once.
@@ -123,11 +124,12 @@ case "${1:-}" in
   lift)
     seed=${2:?seed}; pth=${3:?pth}; floor=${4:?floor}
     model=${MODEL:-$PWD/experiments/seed-$seed/train/model.pt}; name="lift-s$seed-p$pth-f$floor"
+    export POSEKIT_CACHE=${CACHE:-$POSEKIT_CACHE}  # the data set the model was trained on (tta-pipeline: its own)
     while [ ! -e "$model" ]; do sleep 10; done  # the seeds run may still be training
     log="$LAB/$name.log"
     python3 launch.py stage=prune preset=gpu seed="$seed" experiment.name="$name" prune.model="$model" \
       prune.pth="$pth" > "$log" 2>&1
-    images=$(find .cache -path "*val*" -name "*.jpg" | head -1 | xargs dirname)
+    images=$(find "$POSEKIT_CACHE" -path "*val*" -name "*.jpg" | head -1 | xargs dirname)
     python3 -m benchmarks.dead_channels "$model" "experiments/$name/prune/model.pruned-$pth.pt" \
       --images "$images/*.jpg" --n 32 --lift "$floor" > "$LAB/$name.dead.txt" 2>&1
     python3 launch.py stage=pipeline preset=gpu seed="$seed" experiment.name="$name" prune.model="$model" \
