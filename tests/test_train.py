@@ -502,10 +502,16 @@ def test_pruned_model_retrains_through_the_cli(tiny_run):
     target = tiny_run / "prune" / "model.pruned-0.5.pt"
     save_model(target, pruned, pruning_history=history, **info["meta"])
 
-    run_cli("stage=retrain", "preset=tiny", f"experiment.root={tiny_run.parent}", "prune.pth=0.5")
+    # retrain.lift_bn_inputs (posekit/prune/lift.py): a floor far above this young net's BN input spread lifts them
+    run_cli("stage=retrain", "preset=tiny", f"experiment.root={tiny_run.parent}", "prune.pth=0.5",
+            "retrain.lift_bn_inputs=1000")
     out = tiny_run / "retrain" / "pth-0.5"
     s = _summary(out)
     assert s["stage"] == "retrain" and s["metrics"]["global_step"] == 3
+    lift = s["lift_bn_inputs"]
+    assert lift["floor"] == 1000 and lift["images"] == 4  # preset=tiny calibrates on 4 images
+    assert 0 < lift["lifted_channels"] <= lift["channels"] == sum(v["channels"] for v in lift["layers"].values())
+    assert lift["layers"]["backbone.block_3b.bn"]["channels"] == pruned.backbone.block_3b.conv.out_channels
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["hyper_parameters"]["pruning_history"] == history
     assert ckpt["hyper_parameters"]["optim"]["l1_kernel_reg"] == 0.0  # TAO's retrain: regularization off
