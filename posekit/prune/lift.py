@@ -12,7 +12,7 @@ all-background plateau.
 The fix is to scale each such conv's output channel ``k`` by ``c_k >= 1``, so that the BN's batch input sd is at
 least ``floor * sqrt(eps)``. The scale goes into the kernel (and bias), with ``running_mean * c`` and
 ``running_var * c^2`` to match. For a channel already far above eps this is the identity (``c = 1``). For the others
-it does what BatchNorm would do without eps. One forward pass in train mode on real images applies it layer by
+the BN computes what it would with ``eps / c^2`` in place of eps. One forward pass in train mode on real images applies it layer by
 layer in network order, so each BN sees the lifted output of the layers before it.
 """
 
@@ -30,8 +30,8 @@ def lift_bn_inputs(net: nn.Module, images: torch.Tensor, floor: float = 3.0, max
     """Scale every conv that feeds a BatchNorm so that, on ``images`` (N, 3, H, W) in train mode, each BN input
     channel has a batch sd of at least ``floor * sqrt(eps)``; in place.
 
-    Only a conv whose output goes straight into the BN (``conv -> bn``, the backbone's and the refinement BN's
-    layout) is touched; a channel whose input is constant (sd 0: nothing to lift) is left alone, and no factor
+    Only a conv whose output goes straight into the BN and nowhere else (``conv -> bn``, BpNetLite's layout in
+    the backbone and, with ``model.refinement_bn``, the refinement stages) is touched; a channel whose input is constant (sd 0: nothing to lift) is left alone, and no factor
     exceeds ``max_factor``. The BN running statistics are left as they were before the pass, scaled by ``c`` and
     ``c^2``, so eval mode sees the same lift.
 

@@ -4,6 +4,8 @@ Loads ``<experiment>/prune/model.pruned-<pth>.pt`` (or ``retrain.model``) with `
 the pruned graph from its pruning history, and trains it with the same data, loss and optimizer recipe as the
 train stage. Differences, as TAO's retrain spec: L1 regularization off (``retrain.l1_kernel_reg``, default 0),
 its own length (``retrain.max_steps`` / ``retrain.max_epochs``) and a learning-rate scale (``retrain.lr_scale``).
+posekit's addition, off by default: ``retrain.lift_bn_inputs`` rescales the kernels whose BatchNorm inputs pruning
+left below eps's scale before the first step (posekit/prune/lift.py; what lets pth 0.5 retrain).
 
 Writes ``<experiment>/retrain/pth-<pth>/``: checkpoints, ``model.pt`` (with the pruning history), logs and
 ``summary.json``. Re-running resumes from its ``last.ckpt``; if the pruned model was re-made since, it
@@ -92,7 +94,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return {**metrics, WRITTEN: [Artifact.torch_model(result.model_path, f"retrained-{exp.pth}").to_record()]}
 
 
-def _lift_bn_inputs(cfg: DictConfig, exp: Experiment, net: Any) -> dict[str, Any] | None:
+def _lift_bn_inputs(cfg: DictConfig, exp: Experiment, net: Any) -> dict[str, Any]:
     """``retrain.lift_bn_inputs``: lift the pruned net's BN inputs above eps (posekit/prune/lift.py) on the first
     ``retrain.lift_images`` calibration images, before the first step. A resumed run loads its checkpoint's
     weights over these, so it keeps the lift it started with."""
