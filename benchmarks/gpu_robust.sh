@@ -22,9 +22,13 @@
 #                                                # (cold start, AP curve; issue 20), then the rest of the README's
 #                                                # pipeline (eval, prune, retrain, export, eval, bench) on its model
 #   bash benchmarks/gpu_robust.sh lift 3 0.5 3   # issue 21's stall: seed 3's trained model (seeds run) pruned at pth
-#                                                # 0.5, probed by benchmarks.dead_channels with --lift 3, then
+#                                                # 0.5, probed by benchmarks.dead_channels with --lift 3 (DEAD=0:
+#                                                # not; TAG= suffixes the experiment's name), then
 #                                                # retrained with retrain.lift_bn_inputs=3 and evaluated (MODEL=
 #                                                # and CACHE= point it at another run's model and data set)
+#   bash benchmarks/gpu_robust.sh detach tta-lift 4   # tta-pipeline 4, then on its model: lift at pth 0.2 (floor 3,
+#                                                # against the pipeline's pth 0.2 retrain without it) and at pth 0.5
+#                                                # with 3,000 retrain steps (floor 3): the lift's open questions
 #   EXTRA="pipeline.steps=[...]" bash ...         # extra overrides for every seed run (e.g. leave out the bench step)
 #
 # Wheels for the packages the machine lacks travel in .whl/ (the device tool's README); they are installed once.
@@ -39,6 +43,11 @@ case "${1:-}" in
     mkdir -p "$SNAP/experiments/lab"
     case "${1:-}" in
       probe-pair|tta-pipeline|lift) job='bash benchmarks/gpu_robust.sh "$@"' ;;
+      tta-lift) shift; job='s=$1; r=$PWD/experiments/lab/tta/runs/seed-$s
+        bash benchmarks/gpu_robust.sh tta-pipeline "$s"
+        MODEL=$r/tta/train/model.pt CACHE=$r/cache DEAD=0 bash benchmarks/gpu_robust.sh lift "$s" 0.2 3
+        MODEL=$r/tta/train/model.pt CACHE=$r/cache DEAD=0 EXTRA=retrain.max_steps=3000 TAG=-r3000 \
+          bash benchmarks/gpu_robust.sh lift "$s" 0.5 3' ;;
       together) shift; job='bash benchmarks/gpu_robust.sh seeds "$@"' ;;
       *) job='for s in "$@"; do bash benchmarks/gpu_robust.sh seeds "$s"; done' ;;
     esac
@@ -123,19 +132,20 @@ case "${1:-}" in
     ;;
   lift)
     seed=${2:?seed}; pth=${3:?pth}; floor=${4:?floor}
-    model=${MODEL:-$PWD/experiments/seed-$seed/train/model.pt}; name="lift-s$seed-p$pth-f$floor"
+    model=${MODEL:-$PWD/experiments/seed-$seed/train/model.pt}; name="lift-s$seed-p$pth-f$floor${TAG:-}"
     export POSEKIT_CACHE=${CACHE:-$POSEKIT_CACHE}  # the data set the model was trained on (tta-pipeline: its own)
     while [ ! -e "$model" ]; do sleep 10; done  # the seeds run may still be training
     log="$LAB/$name.log"
     python3 launch.py stage=prune preset=gpu seed="$seed" experiment.name="$name" prune.model="$model" \
       prune.pth="$pth" > "$log" 2>&1
     images=$(find "$POSEKIT_CACHE" -path "*val*" -name "*.jpg" | head -1 | xargs dirname)
-    python3 -m benchmarks.dead_channels "$model" "experiments/$name/prune/model.pruned-$pth.pt" \
-      --images "$images/*.jpg" --n 32 --lift "$floor" > "$LAB/$name.dead.txt" 2>&1
+    [ "${DEAD:-1}" = 1 ] && python3 -m benchmarks.dead_channels "$model" "experiments/$name/prune/model.pruned-$pth.pt" \
+      --images "$images/*.jpg" --n 32 --lift "$floor" > "$LAB/$name.dead.txt" 2>&1  # about 2 min on 16 cores
     python3 launch.py stage=pipeline preset=gpu seed="$seed" experiment.name="$name" prune.model="$model" \
       prune.pth="$pth" retrain.model="$PWD/experiments/$name/prune/model.pruned-$pth.pt" \
       retrain.lift_bn_inputs="$floor" "pipeline.steps=[retrain,eval]" ${EXTRA:-} >> "$log" 2>&1
-    mkdir -p "$OUT"; tar czf "$OUT/$name.tgz" "$log" "$LAB/$name.dead.txt" $(find "experiments/$name" -name "summary*.json")
+    mkdir -p "$OUT"; tar czf "$OUT/$name.tgz" "$log" $(ls "$LAB/$name.dead.txt" 2>/dev/null) \
+      $(find "experiments/$name" -name "summary*.json")
     ;;
   collect)
     for d in experiments/seed-*; do
