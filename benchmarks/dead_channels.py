@@ -33,7 +33,7 @@ from torch import nn
 
 from posekit.data.images import read_image_rgb
 from posekit.model.io import load_model
-from posekit.prune.lift import lift_bn_inputs
+from posekit.prune.lift import batch_sd, lift_bn_inputs
 from posekit.runtime.preprocess import preprocess
 
 
@@ -54,8 +54,7 @@ def relu_stats(net: nn.Module, x: torch.Tensor, train_mode: bool) -> tuple[dict[
 
     def bn_hook(name: str):
         def fn(mod: nn.BatchNorm2d, inp, _out) -> None:
-            z = inp[0].detach().double()
-            ratio = z.var(dim=(0, 2, 3), unbiased=False).sqrt() / math.sqrt(mod.eps)  # (C,)
+            ratio = batch_sd(inp[0]) / math.sqrt(mod.eps)  # (C,)
             bn_sd[name] = (ratio.median().item(), (ratio < 1).double().mean().item())
         return fn
 

@@ -72,6 +72,9 @@ mkdir -p "$LAB"
 OUT=${OUT:-$LAB/out}
 mkdir -p "$OUT"
 nproc=$(nproc)
+pack_lift() {  # NAME: a lift run's log, probe table and summaries -> $OUT/NAME.tgz
+  tar czf "$OUT/$1.tgz" "$LAB/$1.log" $(ls "$LAB/$1.dead.txt" 2>/dev/null) $(find "experiments/$1" -name "summary*.json")
+}
 
 case "${1:-}" in
   probe)
@@ -144,8 +147,7 @@ case "${1:-}" in
     python3 launch.py stage=pipeline preset=gpu seed="$seed" experiment.name="$name" prune.model="$model" \
       prune.pth="$pth" retrain.model="$PWD/experiments/$name/prune/model.pruned-$pth.pt" \
       retrain.lift_bn_inputs="$floor" "pipeline.steps=[retrain,eval]" ${EXTRA:-} >> "$log" 2>&1
-    mkdir -p "$OUT"; tar czf "$OUT/$name.tgz" "$log" $(ls "$LAB/$name.dead.txt" 2>/dev/null) \
-      $(find "experiments/$name" -name "summary*.json")
+    pack_lift "$name"
     ;;
   collect)
     for d in experiments/seed-*; do
@@ -158,8 +160,7 @@ case "${1:-}" in
         -o -name "record.json" -o -name "train.log" -o -name "pipeline.md" -o -name "metrics.json" \) ; ls "$LAB"/tta-*.log \
         "$LAB"/seed-*.log) 2>/dev/null | tar czf "$OUT/tta.tgz" -T -
     fi
-    for f in "$LAB"/lift-*.log; do [ -e "$f" ] || continue; n=$(basename "$f" .log)
-      tar czf "$OUT/$n.tgz" "$f" "$LAB/$n.dead.txt" $(find "experiments/$n" -name "summary*.json") 2>/dev/null; done
+    for f in "$LAB"/lift-*.log; do [ -e "$f" ] && pack_lift "$(basename "$f" .log)" 2>/dev/null; done
     ls "$LAB"/probe-pp-*.jsonl > /dev/null 2>&1 && tar czf "$OUT/probe-pair.tgz" "$LAB"/probe-pp-*.jsonl "$LAB"/probe-pp-*.report.json "$LAB"/pp-*.log 2>/dev/null
     ;;
   *) echo "usage: $0 probe | probe-pair SEED STOP | seeds SEED... | tta-pipeline SEED | lift SEED PTH FLOOR | collect | detach ... | poll N" >&2; exit 2 ;;

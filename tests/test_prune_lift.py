@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from posekit.model.bpnet import BpNetLite
-from posekit.prune.lift import lift_bn_inputs
+from posekit.prune.lift import batch_sd, lift_bn_inputs
 
 X = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
@@ -27,7 +27,7 @@ def _bn_input_sd(net: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
     net.load_state_dict(state)  # the probe must not move running statistics
     net.train(was)
     h.remove()
-    return seen["z"].double().var(dim=(0, 2, 3), unbiased=False).sqrt()
+    return batch_sd(seen["z"])
 
 
 def _train_mode_outputs(net: nn.Module, x: torch.Tensor) -> torch.Tensor:

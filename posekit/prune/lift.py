@@ -25,6 +25,12 @@ import torch
 from torch import nn
 
 
+def batch_sd(z: torch.Tensor) -> torch.Tensor:
+    """z (N, C, H, W) -> (C,) float64: each channel's standard deviation over the batch and the pixels, the spread a
+    BatchNorm in train mode divides by (with eps)."""
+    return z.detach().double().var(dim=(0, 2, 3), unbiased=False).sqrt()
+
+
 @torch.no_grad()
 def lift_bn_inputs(net: nn.Module, images: torch.Tensor, floor: float = 3.0, max_factor: float = 1e4) -> dict[str, Any]:
     """Scale every conv that feeds a BatchNorm so that, on ``images`` (N, 3, H, W) in train mode, each BN input
@@ -43,7 +49,7 @@ def lift_bn_inputs(net: nn.Module, images: torch.Tensor, floor: float = 3.0, max
     was_training = net.training
     net.train()
     last: list = [None, None]  # the latest conv and its output: a BN fed straight by a conv gets that very tensor
-    saved: dict[str, tuple[torch.Tensor, ...]] = {}
+    saved: dict[nn.BatchNorm2d, tuple[torch.Tensor, ...]] = {}  # running statistics before the pass
     factors: dict[str, tuple[nn.BatchNorm2d, nn.Conv2d, torch.Tensor]] = {}
     handles = []
 
@@ -56,7 +62,7 @@ def lift_bn_inputs(net: nn.Module, images: torch.Tensor, floor: float = 3.0, max
             conv = last[0]
             if z is not last[1] or conv.out_channels != mod.num_features:
                 return None
-            sd = z.double().var(dim=(0, 2, 3), unbiased=False).sqrt()  # (C,)
+            sd = batch_sd(z)
             target = floor * math.sqrt(mod.eps)
             live = sd > 1e-6 * math.sqrt(mod.eps)
             c = torch.where(live, (target / sd.clamp_min(1e-300)).clamp(1.0, max_factor), torch.ones_like(sd))
@@ -68,7 +74,7 @@ def lift_bn_inputs(net: nn.Module, images: torch.Tensor, floor: float = 3.0, max
         if isinstance(mod, nn.Conv2d):
             handles.append(mod.register_forward_hook(conv_hook))
         elif isinstance(mod, nn.BatchNorm2d) and mod.track_running_stats:
-            saved[name] = (mod.running_mean.clone(), mod.running_var.clone(), mod.num_batches_tracked.clone())
+            saved[mod] = (mod.running_mean.clone(), mod.running_var.clone(), mod.num_batches_tracked.clone())
             handles.append(mod.register_forward_pre_hook(bn_pre_hook(name)))
     try:
         net(images)
@@ -76,11 +82,10 @@ def lift_bn_inputs(net: nn.Module, images: torch.Tensor, floor: float = 3.0, max
         last[0] = last[1] = None
         for h in handles:
             h.remove()
-        for name, mod in net.named_modules():  # the pass must not move the running statistics
-            if name in saved:
-                mod.running_mean.copy_(saved[name][0])
-                mod.running_var.copy_(saved[name][1])
-                mod.num_batches_tracked.copy_(saved[name][2])
+        for mod, (mean, var, count) in saved.items():  # the pass must not move the running statistics
+            mod.running_mean.copy_(mean)
+            mod.running_var.copy_(var)
+            mod.num_batches_tracked.copy_(count)
         net.train(was_training)
 
     layers: dict[str, dict[str, Any]] = {}

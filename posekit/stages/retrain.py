@@ -109,5 +109,4 @@ def _lift_bn_inputs(cfg: DictConfig, exp: Experiment, net: Any) -> dict[str, Any
     lift = lift_bn_inputs(net, images, floor=float(cfg.retrain.lift_bn_inputs))
     log.info("retrain.lift_bn_inputs=%s: lifted %d of %d BN input channels on %d images",
              cfg.retrain.lift_bn_inputs, lift["lifted_channels"], lift["channels"], len(images))
-    return {"floor": float(cfg.retrain.lift_bn_inputs), "images": len(images),
-            "lifted_channels": lift["lifted_channels"], "channels": lift["channels"], "layers": lift["layers"]}
+    return {"floor": float(cfg.retrain.lift_bn_inputs), "images": len(images), **lift}
