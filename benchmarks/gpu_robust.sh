@@ -18,6 +18,7 @@
 #                                                # workers each (the schedule is in steps, so sharing changes the
 #                                                # wall time, not the run)
 #   bash benchmarks/gpu_robust.sh poll 560       # wait up to N s for the detached run, print its progress, collect
+#   EXTRA=train.compile=true bash benchmarks/gpu_robust.sh detach tta 2   # benchmarks.time_to_accuracy alone
 #   bash benchmarks/gpu_robust.sh detach tta-pipeline 2   # one seed alone on the card: benchmarks.time_to_accuracy
 #                                                # (cold start, AP curve; issue 20), then the rest of the README's
 #                                                # pipeline (eval, prune, retrain, export, eval, bench) on its model
@@ -42,7 +43,7 @@ case "${1:-}" in
     shift
     mkdir -p "$SNAP/experiments/lab"
     case "${1:-}" in
-      probe-pair|tta-pipeline|lift) job='bash benchmarks/gpu_robust.sh "$@"' ;;
+      probe-pair|tta|tta-pipeline|lift) job='bash benchmarks/gpu_robust.sh "$@"' ;;
       tta-lift) shift; job='s=$1; r=$PWD/experiments/lab/tta/runs/seed-$s
         bash benchmarks/gpu_robust.sh tta-pipeline "$s"
         MODEL=$r/tta/train/model.pt CACHE=$r/cache DEAD=0 bash benchmarks/gpu_robust.sh lift "$s" 0.2 3
@@ -122,6 +123,12 @@ case "${1:-}" in
     done
     wait
     ;;
+  tta)
+    seed=${2:?seed}
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    python3 -m benchmarks.time_to_accuracy --out "$LAB/tta" --preset gpu --seeds "$seed" --every 750 --final-val-images 300 \
+      ${EXTRA:-} > "$LAB/tta-$seed.log" 2>&1
+    ;;
   tta-pipeline)
     seed=${2:?seed}
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -163,5 +170,5 @@ case "${1:-}" in
     for f in "$LAB"/lift-*.log; do [ -e "$f" ] && pack_lift "$(basename "$f" .log)" 2>/dev/null; done
     ls "$LAB"/probe-pp-*.jsonl > /dev/null 2>&1 && tar czf "$OUT/probe-pair.tgz" "$LAB"/probe-pp-*.jsonl "$LAB"/probe-pp-*.report.json "$LAB"/pp-*.log 2>/dev/null
     ;;
-  *) echo "usage: $0 probe | probe-pair SEED STOP | seeds SEED... | tta-pipeline SEED | lift SEED PTH FLOOR | collect | detach ... | poll N" >&2; exit 2 ;;
+  *) echo "usage: $0 probe | probe-pair SEED STOP | seeds SEED... | tta SEED | tta-pipeline SEED | lift SEED PTH FLOOR | collect | detach ... | poll N" >&2; exit 2 ;;
 esac

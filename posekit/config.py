@@ -243,6 +243,9 @@ class TrainConfig:
     resume: bool = True  # resume from the stage's last.ckpt if present
     channels_last: bool = True
     compile: bool = False  # net.compile() (in place; state_dict keys stay clean)
+    # one-GPU runs: tune, load and compile on a copy of the network while the data set is prepared
+    # (posekit/train/warmup.py); the first real step then starts at speed
+    warmup_device: bool = True
     monitor: str = "val/AP"  # checkpoint selection; "train/loss" when validation is off
     val_every_n_epochs: int = 5
     val_max_images: Optional[int] = 100

@@ -43,6 +43,7 @@ from posekit.train.callbacks import (
 )
 from posekit.train.module import PoseModule
 from posekit.train.trainer import build_trainer, resolve_precision, runtime_precision
+from posekit.train.warmup import DeviceWarmup, JoinDeviceWarmup, autocast_dtype, single_gpu_device
 
 log = logging.getLogger("posekit.train")
 
@@ -318,6 +319,25 @@ def export_model(
     return path
 
 
+# --------------------------------------------------------------------------------------------- device warm-up
+def start_device_warmup(cfg: DictConfig, module: PoseModule, precision: str) -> DeviceWarmup | None:
+    """``train.warmup_device`` on a one-GPU run: tune and load (and with ``train.compile``, compile) on a copy of
+    the network while the data module waits for its data (posekit/train/warmup.py); None where it does not apply."""
+    device = single_gpu_device(cfg.trainer) if bool(cfg.train.warmup_device) else None
+    if device is None:
+        return None
+    h, w = (int(v) for v in cfg.model.input_shape)
+    return DeviceWarmup(
+        module.net,
+        batch_shape=(int(cfg.data.batch_size), 3, h, w),
+        device=device,
+        autocast_dtype=autocast_dtype(precision),
+        channels_last=bool(cfg.train.channels_last),
+        compile=bool(cfg.train.compile),
+        seed=int(cfg.seed),
+    ).start()
+
+
 # --------------------------------------------------------------------------------------------- fit
 def fit(
     cfg: DictConfig,
@@ -354,9 +374,12 @@ def fit(
     datamodule = PoseDataModule(cfg)
     module = make_module()
     ckpt_dir = stage_dir / "checkpoints"
-    cbs = run_callbacks(cfg, val, datamodule, resolve_precision(cfg.trainer), ckpt_dir, startup)
-    trainer = build_trainer(cfg, stage_dir, [*cbs.all(), *extra_callbacks], max_epochs=max_epochs,
-                            max_steps=max_steps, max_time=max_time, validate=val.loss)
+    precision = resolve_precision(cfg.trainer)
+    warmup = start_device_warmup(cfg, module, precision)
+    cbs = run_callbacks(cfg, val, datamodule, precision, ckpt_dir, startup)
+    trainer = build_trainer(cfg, stage_dir, [*cbs.all(), *([JoinDeviceWarmup(warmup)] if warmup else []),
+                                             *extra_callbacks],
+                            max_epochs=max_epochs, max_steps=max_steps, max_time=max_time, validate=val.loss)
 
     resume = resume_from(cfg, ckpt_dir, module, on_arch_change)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
@@ -377,5 +400,7 @@ def fit(
     source = select_weights(result, cbs, val, ckpt_dir)
     result.figures = run_figures(trainer, module, datamodule, cbs, val, result.global_step, int(replaced.item()),
                                  rank_records)
+    if warmup is not None:
+        result.figures["device_warmup"] = warmup.record
     result.model_path = export_model(stage_dir, module, source, result, model_meta)
     return result

@@ -1,0 +1,172 @@
+"""Warm the GPU up while the data set is still being prepared (``train.warmup_device``, posekit's addition).
+
+Why: on a cold start the first optimizer step of ``preset=gpu`` took 12.5-12.9 s on an H100 (docs/results.md,
+"Time to AP 0.80"): cuDNN autotuning every convolution (``trainer.benchmark``), loading the CUDA kernels, and, with
+``train.compile``, compiling. All of it waited until the synthetic set was generated and indexed, although none of
+it needs the data. This module runs the same work on a copy of the network in a background thread while the data
+module waits for its data: forward and backward passes at the training batch shape, memory format and autocast
+dtype, on random images. The autotuning results, the loaded kernels and the compiled graphs are kept per process
+(per shape and dtype; Inductor's caches per graph), so the real first step finds them.
+
+What it must not do, and does not: change the run. The copy is taken before training starts and dropped after; the
+random images come from their own generator, so the global RNG streams (initial weights, augmentation, shuffling)
+are untouched; the real network's weights and BatchNorm statistics are never used in a pass. The thread is joined
+before the first real step (:class:`JoinDeviceWarmup`), so the two never share the GPU. A failure in it is logged
+and the run goes on: the first step then pays as it did before.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+log = logging.getLogger("posekit.train")
+
+
+def _tensors(out: Any) -> list[torch.Tensor]:
+    """Every tensor in a network output (tensors, lists and tuples of them, nested)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _tensors(o)]
+    return []
+
+
+def warm_passes(
+    net: nn.Module,
+    batch_shape: tuple[int, int, int, int],
+    device: torch.device | str,
+    *,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    compile: bool = False,
+    passes: int = 2,
+    seed: int = 0,
+    copy_net: bool = True,
+) -> dict[str, Any]:
+    """Run ``passes`` forward and backward passes of a copy of ``net`` on random uint8 images.
+
+    Args:
+        net: the network as training will run it (its weights are copied, never written).
+        batch_shape: (B, 3, H, W) of a training batch.
+        device: where the copy runs (the training device).
+        autocast_dtype: the autocast dtype of the training step (bf16-mixed: torch.bfloat16), None for fp32.
+        channels_last: the training memory format.
+        compile: ``torch.compile`` the copy as ``train.compile`` compiles the real network.
+        passes: forward + backward passes (the first tunes and compiles; the second checks it is done).
+        seed: the random images' own generator.
+        copy_net: False when ``net`` is already a private copy (:class:`DeviceWarmup` takes it in the caller's
+            thread); it is then moved and its gradients filled.
+
+    Returns:
+        ``{"passes", "seconds": [per pass], "device"}``.
+    """
+    from posekit.data.images import normalize_tensor
+
+    device = torch.device(device)
+    work = copy.deepcopy(net) if copy_net else net
+    work.__dict__.pop("_compiled_call_impl", None)  # nn.Module.compile() of the original: the copy compiles its own
+    work.to(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    work.to(memory_format=memory_format)
+    work.train()
+    if compile:
+        work.compile()
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    images = torch.randint(0, 256, batch_shape, generator=gen, dtype=torch.uint8).to(device)
+    seconds = []
+    for _ in range(passes):
+        t = time.perf_counter()
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            out = work(normalize_tensor(images).contiguous(memory_format=memory_format))
+            loss = sum(o.float().square().mean() for o in _tensors(out))
+        loss.backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds.append(round(time.perf_counter() - t, 3))
+    del work, images, out, loss
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # hand the copy's memory back before training allocates its own
+    return {"passes": passes, "seconds": seconds, "device": str(device)}
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a Lightning precision string (``bf16-mixed`` -> bfloat16, ``16-mixed`` -> float16)."""
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("16"):
+        return torch.float16
+    return None
+
+
+class DeviceWarmup:
+    """:func:`warm_passes` in a background thread; :meth:`join` waits for it and returns its record."""
+
+    def __init__(self, net: nn.Module, **kwargs: Any) -> None:
+        # the copy is taken now, in the caller's thread, before training moves the weights to the device
+        self._net = copy.deepcopy(net)
+        self._net.__dict__.pop("_compiled_call_impl", None)  # shared with the original by deepcopy: drop it
+        self._kwargs = kwargs
+        self.record: dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._run, name="posekit-device-warmup", daemon=True)
+
+    def start(self) -> DeviceWarmup:
+        self._t0 = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            self.record = warm_passes(self._net, copy_net=False, **self._kwargs)
+        except Exception as e:  # noqa: BLE001 - a failed warm-up costs time, never the run
+            self.record = {"error": f"{type(e).__name__}: {e}"}
+            log.warning("train.warmup_device: the warm-up failed (%s); the first step will tune and compile", e)
+        finally:
+            self._net = None
+            self.record["wall_s"] = round(time.perf_counter() - self._t0, 3)
+
+    def join(self) -> dict[str, Any]:
+        """Wait for the warm-up; ``{"passes", "seconds", "device", "wall_s", "waited_s"}`` (or ``"error"``)."""
+        t = time.perf_counter()
+        self._thread.join()
+        self.record["waited_s"] = round(time.perf_counter() - t, 3)  # what it cost on the critical path
+        return self.record
+
+
+class JoinDeviceWarmup(pl.Callback):
+    """Joins the warm-up at ``on_train_start``: after the data module's set-up (the wait the warm-up hides in),
+    before the first real step."""
+
+    def __init__(self, warmup: DeviceWarmup) -> None:
+        self.warmup = warmup
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        rec = self.warmup.join()
+        if "error" not in rec:
+            log.info(
+                "device warm-up: %d passes (%s s) in %.1f s beside the data set-up; the first step waited %.1f s for it",
+                rec["passes"], ", ".join(f"{s:.1f}" for s in rec["seconds"]), rec["wall_s"], rec["waited_s"],
+            )  # fmt: skip
+
+
+def single_gpu_device(trainer_cfg: Any) -> torch.device | None:
+    """The one CUDA device a run trains on, or None: no CUDA, not a GPU accelerator, or more than one device
+    (under DDP each rank would have to warm its own device; the warm-up is for the one-GPU start-up)."""
+    from posekit.train.trainer import resolve_accelerator
+
+    if not torch.cuda.is_available() or resolve_accelerator(trainer_cfg) not in ("gpu", "cuda"):
+        return None
+    devices = trainer_cfg.get("devices", 1)
+    if int(trainer_cfg.get("num_nodes", 1) or 1) != 1:
+        return None
+    if isinstance(devices, int) or (isinstance(devices, str) and devices.isdigit()):
+        return torch.device("cuda", 0) if int(devices) == 1 else None
+    ids = list(devices) if not isinstance(devices, str) else None
+    return torch.device("cuda", int(ids[0])) if ids is not None and len(ids) == 1 else None
