@@ -1,6 +1,6 @@
 """Warm the GPU up while the data set is still being prepared (``train.warmup_device``, posekit's addition).
 
-Why: on a cold start the first optimizer step of ``preset=gpu`` took 12.5-12.9 s on an H100 (docs/results.md,
+Why: on a cold start the first optimizer step of ``preset=gpu`` took 12.5-13.1 s on an H100 (docs/results.md,
 "Time to AP 0.80"): cuDNN autotuning every convolution (``trainer.benchmark``), loading the CUDA kernels, and, with
 ``train.compile``, compiling. All of it waited until the synthetic set was generated and indexed, although none of
 it needs the data. This module runs the same work on a copy of the network in a background thread while the data
