@@ -8,11 +8,12 @@ module waits for its data: forward and backward passes at the training batch sha
 dtype, on random images. The autotuning results, the loaded kernels and the compiled graphs are kept per process
 (per shape and dtype; Inductor's caches per graph), so the real first step finds them.
 
-What it must not do, and does not: change the run. The copy is taken before training starts and dropped after; the
-random images come from their own generator, so the global RNG streams (initial weights, augmentation, shuffling)
-are untouched; the real network's weights and BatchNorm statistics are never used in a pass. The thread is joined
-before the first real step (:class:`JoinDeviceWarmup`), so the two never share the GPU. A failure in it is logged
-and the run goes on: the first step then pays as it did before.
+What it must not do, and does not: change the run. The copy is taken before training starts and dropped after,
+with the gradients and BatchNorm statistics its passes wrote; the real network never runs in it. The random images
+come from their own generator, so the global RNG streams (initial weights, augmentation, shuffling) are untouched.
+The thread is joined before the first real step (:class:`JoinDeviceWarmup`), so the two never share the GPU. A
+failure in it is logged and the run goes on: the first step then pays as it did before. The thread is a daemon: a
+run that fails before training (a bad data path) reports at once and does not wait for it.
 """
 
 from __future__ import annotations
