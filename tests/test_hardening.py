@@ -447,3 +447,30 @@ def test_a_truncated_video_says_how_many_frames_are_missing(root, tmp_path):
     assert summary["metrics"]["images"] == read
     assert summary["skipped"] == {"images": 0, "frames": declared - read}
     assert summary["video"] == {"declared_frames": declared, "frames": read, "missing_frames": declared - read}
+
+
+@pytest.mark.parametrize(
+    "values, finite",
+    [
+        (None, True),
+        (3, True),
+        (2.5, True),
+        ([1, 2.0, 3], True),
+        ([], True),
+        ([[1.0, 2.0], [3, 4]], True),
+        ([1e308, 1e308], True),  # finite values whose sum overflows: still finite
+        ([1.0, float("nan")], False),
+        ([float("inf"), 1.0], False),
+        ([float("inf"), float("-inf")], False),  # their sum is NaN; each is non-finite
+        ([[1.0], [float("nan")]], False),
+        ([1, "2"], False),
+        ([1, True], False),  # a bool where a number belongs
+        (True, False),
+        ("1.0", False),
+        ({"x": 1}, False),
+    ],
+)
+def test_the_finiteness_check_of_annotation_numbers(values, finite):
+    from posekit.data.annotations import _finite
+
+    assert _finite(values) is finite
