@@ -465,6 +465,8 @@ def test_a_truncated_video_says_how_many_frames_are_missing(root, tmp_path):
         ([[1.0], [float("nan")]], False),
         ([1, "2"], False),
         ([1, True], False),  # a bool where a number belongs
+        ([np.float64(1.5), np.float64("nan")], False),  # numpy scalars take the element-wise path
+        ([np.float64(1.5), 2], True),
         (True, False),
         ("1.0", False),
         ({"x": 1}, False),

@@ -36,14 +36,14 @@ def read_json_file(path: str | os.PathLike, what: str = "JSON file", hint: str =
         raise UserError(f"cannot read {what} {path}: {e.strerror or e}. {hint}".strip()) from None
 
 
-_NUMBERS = frozenset((int, float))  # exact types: bool (an int subclass) is not a number here
+_NUMBERS = frozenset((int, float))  # the fast path's exact types: JSON's numbers (bool, an int subclass, is not one)
 
 
 def _finite(values: Any) -> bool:
     """Whether ``values`` is None, a finite number, or a (nested) list of finite numbers."""
     if values is None:
         return True
-    if type(values) in _NUMBERS:
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
         return math.isfinite(values)
     if isinstance(values, (list, tuple)):
         # The common case, a flat list of numbers (keypoints, a box), in C: one type scan and one exact sum, whose
