@@ -88,3 +88,17 @@ def test_only_one_gpu_runs_warm_up(monkeypatch, trainer, expected):
 def test_no_warmup_without_cuda(monkeypatch):
     monkeypatch.setattr(warmup_mod.torch.cuda, "is_available", lambda: False)
     assert single_gpu_device(OmegaConf.create({"accelerator": "auto", "devices": 1})) is None
+
+
+def test_the_warmup_sets_cudnn_benchmark_before_its_first_pass(monkeypatch):
+    """trainer.benchmark reaches cuDNN before the warm-up's first convolution: the Trainer, which sets the same flag,
+    may be built only after the thread has started."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    seen = []
+    net = _net()
+    first = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    first.register_forward_pre_hook(lambda mod, inp: seen.append(torch.backends.cudnn.benchmark))
+    warm_passes(net, (1, 3, 32, 32), "cpu", passes=1, cudnn_benchmark=True)
+    assert seen == [True]
+    warm_passes(net, (1, 3, 32, 32), "cpu", passes=1, cudnn_benchmark=None)  # None: left as it is
+    assert seen == [True, True]

@@ -335,6 +335,7 @@ def start_device_warmup(cfg: DictConfig, module: PoseModule, precision: str) -> 
         channels_last=bool(cfg.train.channels_last),
         compile=bool(cfg.train.compile),
         seed=int(cfg.seed),
+        cudnn_benchmark=cfg.trainer.get("benchmark"),
     ).start()
 
 

@@ -51,6 +51,7 @@ def warm_passes(
     passes: int = 2,
     seed: int = 0,
     copy_net: bool = True,
+    cudnn_benchmark: bool | None = None,
 ) -> dict[str, Any]:
     """Run ``passes`` forward and backward passes of a copy of ``net`` on random uint8 images.
 
@@ -65,6 +66,9 @@ def warm_passes(
         seed: the random images' own generator.
         copy_net: False when ``net`` is already a private copy (:class:`DeviceWarmup` takes it in the caller's
             thread); it is then moved and its gradients filled.
+        cudnn_benchmark: ``trainer.benchmark``, set here before the first pass (None: left as it is). The Trainer
+            sets the same flag when it is built, but the thread may reach its first convolution before that, and
+            a pass without it would tune nothing.
 
     Returns:
         ``{"passes", "seconds": [per pass], "device"}``.
@@ -72,6 +76,8 @@ def warm_passes(
     from posekit.data.images import normalize_tensor
 
     device = torch.device(device)
+    if cudnn_benchmark is not None:
+        torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
     work = copy.deepcopy(net) if copy_net else net
     work.__dict__.pop("_compiled_call_impl", None)  # nn.Module.compile() of the original: the copy compiles its own
     work.to(device)
