@@ -19,6 +19,7 @@
 #                                                # wall time, not the run)
 #   bash benchmarks/gpu_robust.sh poll 560       # wait up to N s for the detached run, print its progress, collect
 #   EXTRA=train.compile=true bash benchmarks/gpu_robust.sh detach tta 2   # benchmarks.time_to_accuracy alone
+#   bash benchmarks/gpu_robust.sh detach tta-seeds 0 1 2   # benchmarks.time_to_accuracy, one seed after another
 #   bash benchmarks/gpu_robust.sh detach tta-pipeline 2   # one seed alone on the card: benchmarks.time_to_accuracy
 #                                                # (cold start, AP curve; issue 20), then the rest of the README's
 #                                                # pipeline (eval, prune, retrain, export, eval, bench) on its model
@@ -44,6 +45,7 @@ case "${1:-}" in
     mkdir -p "$SNAP/experiments/lab"
     case "${1:-}" in
       probe-pair|tta|tta-pipeline|lift) job='bash benchmarks/gpu_robust.sh "$@"' ;;
+      tta-seeds) shift; job='for s in "$@"; do bash benchmarks/gpu_robust.sh tta "$s"; done' ;;
       tta-lift) shift; job='s=$1; r=$PWD/experiments/lab/tta/runs/seed-$s
         bash benchmarks/gpu_robust.sh tta-pipeline "$s"
         MODEL=$r/tta/train/model.pt CACHE=$r/cache DEAD=0 bash benchmarks/gpu_robust.sh lift "$s" 0.2 3

@@ -91,6 +91,10 @@ class SyntheticConfig:
     distractors: int = 6  # limb-like clutter strokes per image
     cache_dir: Optional[str] = None  # default: $POSEKIT_CACHE/synthetic or ~/.cache/posekit/synthetic
     workers: int = 0  # generating processes (0 = all cores); the result does not depend on it
+    # > 0: the first training epoch takes the train images in blocks of this many, in generation order (each block
+    # shuffled; later epochs shuffle the whole set), so a training process that generates the set starts on its
+    # first blocks while the rest renders (posekit/data/stream.py). Part of the run's sample order, not of the data.
+    stream_block: int = 0
 
 
 @dataclass

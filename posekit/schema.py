@@ -222,6 +222,7 @@ RANGES: dict[str, tuple[str, str]] = {
     "data.synthetic.unannotated_prob": ("[0,1]", "a probability"),
     "data.synthetic.distractors": ("[0,)", "clutter strokes per image"),
     "data.synthetic.workers": ("[0,)", "generating processes; 0: all cores"),
+    "data.synthetic.stream_block": ("[0,)", "images per block of the block-ordered first epoch; 0: off"),
     "data.augment.target_person_scale": ("(0,)", "person height / input height"),
     "data.augment.rotate_deg": ("[0,180]", "degrees"),
     "data.augment.translate_px": ("[0,)", "pixels"),

@@ -159,6 +159,14 @@ def _validate_training(cfg: DictConfig) -> None:
                         int(cfg.trainer.max_steps if r.max_steps is None else r.max_steps)))
     if any(epochs < 1 and max_steps < 1 for epochs, max_steps in lengths):
         raise ConfigError("nothing to train: set trainer.max_steps >= 1 (or retrain.max_steps) or trainer.max_epochs")
+    syn = cfg.data.get("synthetic")
+    if ("train" in steps and cfg.data.name == "synthetic" and syn is not None and int(syn.get("stream_block", 0)) > 0
+            and int(cfg.trainer.max_steps) < 1):
+        raise ConfigError(
+            f"data.synthetic.stream_block={syn.stream_block} streams the first epoch while the synthetic set is "
+            "generated, so the epoch's length is not known when the learning-rate schedule is built: define the run "
+            "in steps (trainer.max_steps=N), or set data.synthetic.stream_block=0."
+        )
     t, tr = cfg.train, cfg.trainer
     every_val = int(tr.check_val_every_n_epoch or 0)
     val_loss = tr.limit_val_batches not in (0, 0.0) and every_val >= 1

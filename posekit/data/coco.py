@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from posekit.data import masks
 from posekit.data.annotations import load_coco
 from posekit.data.augment import AugmentDraws, Augmenter, transform_keypoints, warp_image, warp_plan
 from posekit.data.images import CorruptImageError, decode_image_rgb, read_image_bytes, read_image_rgb, to_chw_uint8
+from posekit.data.index import Packed, SampleKey, index_images, select_main_people  # noqa: F401 (re-exported)
 from posekit.errors import UserError
 from posekit.runtime.preprocess import BORDER_VALUE, strict_affine
 from posekit.skeleton import Skeleton
@@ -40,91 +41,13 @@ from posekit.skeleton import Skeleton
 log = logging.getLogger("posekit.data")
 
 
-# ============================================================================================== index
-def select_main_people(
-    centers: np.ndarray, sizes: np.ndarray, num_keypoints: np.ndarray, areas: np.ndarray,
-    min_keypoints: int = 5, min_area: float = 1024.0, min_dist_ratio: float = 0.3,
-) -> list[int]:  # fmt: skip
-    """Indices of the main people of one image (TAO ``_parse_annotation``), in annotation order.
-
-    A person is a main person if it has ``>= min_keypoints`` labeled keypoints, segment area ``>= min_area`` and
-    its box centre lies at least ``min_dist_ratio * max(w, h)`` of *its own* box from every main person accepted
-    before it. (TAO takes ``max(w, h)`` from a stale loop variable, the image's last annotation: quirk 4, fixed.)
-
-    Args:
-        centers: (P, 2) box centres; sizes: (P, 2) box (w, h); num_keypoints, areas: (P,).
-    """
-    accepted: list[int] = []
-    for p in range(len(centers)):
-        if num_keypoints[p] < min_keypoints or areas[p] < min_area:
-            continue
-        radius = min_dist_ratio * float(sizes[p].max())
-        if all(np.hypot(*(centers[p] - centers[q])) >= radius for q in accepted):
-            accepted.append(p)
-    return accepted
-
-
-def _num_keypoints(ann: Mapping[str, Any]) -> int:
-    if "num_keypoints" in ann:
-        return int(ann["num_keypoints"])
-    return int((np.asarray(ann.get("keypoints") or [0, 0, 0]).reshape(-1, 3)[:, 2] > 0).sum())
-
-
-def _image_record(img: Mapping, anns: Sequence[Mapping], skeleton: Skeleton) -> dict:
-    """What one image needs at load time, in compact arrays (the raw COCO dicts are dropped)."""
-    anns = [dict(a, num_keypoints=_num_keypoints(a)) for a in anns]
-    people = [a for a in anns if a["num_keypoints"] > 0 and not a.get("iscrowd", 0)]
-    k_ds = len(skeleton.dataset_joints)
-    kps = np.array([a["keypoints"] for a in people], np.float32).reshape(-1, k_ds, 3)
-    boxes = np.array([a["bbox"] for a in people], np.float32).reshape(-1, 4)
-    # COCO boxes use continuous coordinates (pixel k spans [k, k+1]); keypoints are pixel indices like ours.
-    centers = boxes[:, :2] + boxes[:, 2:] / 2 - 0.5
-    areas = np.array([a.get("area", w * h) for a, (_, _, w, h) in zip(people, boxes)], np.float32)
-    # Only what the loss mask needs: unlabeled people and crowds, plus labeled people when a crowd is present
-    # (labeled pixels inside a crowd stay valid).
-    ignore: list[dict] = []
-    if masks.needs_mask(anns):
-        crowd = any(a.get("iscrowd", 0) for a in anns)
-        keys = ("segmentation", "iscrowd", "num_keypoints", "bbox")
-        ignore = [{k: a.get(k) for k in keys} for a in anns if crowd or a["num_keypoints"] <= 0]
-    return {
-        "image_id": int(img["id"]),
-        "file_name": img["file_name"],
-        "hw": (int(img["height"]), int(img["width"])),
-        "keypoints": skeleton.to_network(kps),  # (P, J, 3)
-        "centers": centers,
-        "sizes": boxes[:, 2:],
-        "num_keypoints": np.array([a["num_keypoints"] for a in people], np.int32),
-        "areas": areas,
-        "mask_anns": ignore,
-    }
-
-
-class _Packed:
-    """A list of records stored as one pickled byte buffer + offsets.
-
-    DataLoader workers share the dataset by fork; touching millions of small Python objects there copies their
-    memory pages (refcounts). One numpy buffer per dataset is never written, so it stays shared (as detectron2).
-    """
-
-    def __init__(self, items: Sequence[Any]):
-        blobs = [pickle.dumps(x, protocol=pickle.HIGHEST_PROTOCOL) for x in items]
-        self._offsets = np.cumsum([0] + [len(b) for b in blobs], dtype=np.int64)
-        self._buffer = np.frombuffer(b"".join(blobs), dtype=np.uint8) if blobs else np.zeros(0, np.uint8)
-
-    def __len__(self) -> int:
-        return len(self._offsets) - 1
-
-    def __getitem__(self, i: int) -> Any:
-        return pickle.loads(self._buffer[self._offsets[i] : self._offsets[i + 1]].tobytes())
-
-
 # ============================================================================================== dataset
 class PoseDataset(Dataset):
     """COCO keypoints -> (image, heatmaps, pafs, mask, image_id) items; see the module docstring.
 
     Args:
-        ann_file: COCO person-keypoints JSON.
+        ann_file: COCO person-keypoints JSON; None for an empty index, whose samples come whole as
+            :class:`SampleKey` (the streamed first epoch, ``posekit.data.stream``).
         image_dir: folder the images' ``file_name`` are relative to.
         skeleton: the keypoint set (dataset -> network order, flips, limbs).
         input_hw: (H, W) network input, multiples of the codec stride.
@@ -148,7 +71,7 @@ class PoseDataset(Dataset):
 
     def __init__(
         self,
-        ann_file: str | os.PathLike,
+        ann_file: str | os.PathLike | None,
         image_dir: str | os.PathLike,
         skeleton: Skeleton,
         input_hw: Sequence[int],
@@ -180,34 +103,23 @@ class PoseDataset(Dataset):
         self.augment = Augmenter(augment_cfg if train else None, skeleton, self.input_hw)
         self.seed = seed
 
-        coco = load_coco(ann_file)
         records, samples = [], []
-        for image_id in sorted(coco.imgs):
-            anns = coco.imgToAnns.get(image_id, [])
-            if not any(_num_keypoints(a) > 0 and not a.get("iscrowd", 0) for a in anns):
-                continue  # no labeled person: nothing to learn from (TAO skips these images)
-            rec = _image_record(coco.imgs[image_id], anns, skeleton)
-            if train:
-                mains = select_main_people(
-                    rec["centers"], rec["sizes"], rec["num_keypoints"], rec["areas"], min_keypoints, min_area
-                )
-                if not mains:
-                    continue
-                samples += [(len(records), p) for p in mains]
-            else:
-                samples.append((len(records), -1))
-            records.append(rec)
-            if max_images is not None and len(records) >= max_images:
-                break
-        self.num_dropped_annotations = int(getattr(coco, "dropped_annotations", 0))  # non-finite, at load
-        del coco
-        if not samples:
+        self.num_dropped_annotations = 0
+        if ann_file is not None:
+            coco = load_coco(ann_file)
+            images = [coco.imgs[i] for i in sorted(coco.imgs)]
+            records, samples = index_images(images, coco.imgToAnns, skeleton, train, min_keypoints, min_area,
+                                            max_images)
+            self.num_dropped_annotations = int(getattr(coco, "dropped_annotations", 0))  # non-finite, at load
+            del coco
+        if ann_file is not None and not samples:
             raise UserError(
                 f"{ann_file}: no usable {'training' if train else 'validation'} samples (need images with labeled "
                 f"people; for training a main person with >= {min_keypoints} keypoints and area >= {min_area})"
             )
-        self._records = _Packed(records)
+        self._records = Packed(records)
         self._samples = np.array(samples, dtype=np.int64)  # (N, 2) [record index, main person or -1]
+        self.sample_image_ids = np.array([records[r]["image_id"] for r, _ in samples], np.int64)  # (N,)
         self.num_images = len(records)
         self.num_skipped = 0  # unreadable images met by this process
         self._bad: set[int] = set()
@@ -216,6 +128,19 @@ class PoseDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self._samples)
+
+    def record(self, index: int | SampleKey) -> tuple[dict, int]:
+        """``(image record, main person or -1)`` of sample ``index``: a position in this data set's index, or a
+        :class:`SampleKey` that carries both."""
+        if isinstance(index, SampleKey):
+            return pickle.loads(index.record), int(index.main)
+        rec_idx, main = (int(v) for v in self._samples[index])
+        return self._records[rec_idx], main
+
+    def key(self, index: int) -> SampleKey:
+        """Sample ``index`` as a :class:`SampleKey`, which any copy of the data set can load."""
+        rec_idx, main = (int(v) for v in self._samples[index])
+        return SampleKey(self._records.blob(rec_idx), main)
 
     # ------------------------------------------------------------------ randomness
     def _generator(self) -> np.random.Generator:
@@ -244,7 +169,7 @@ class PoseDataset(Dataset):
         matrix = self.augment.matrix(draws, rec["centers"][main], float(rec["sizes"][main, 1]))
         return draws, matrix, self.augment.border_value
 
-    def sample(self, index: int, rng: np.random.Generator | None = None, draws: AugmentDraws | None = None
+    def sample(self, index: int | SampleKey, rng: np.random.Generator | None = None, draws: AugmentDraws | None = None
                ) -> dict[str, Any]:
         """The transformed sample before target encoding (for tests, visualisation and benchmarks).
 
@@ -256,8 +181,7 @@ class PoseDataset(Dataset):
         ``flipped``, ``draws``, ``image_id``, ``file_name``. Raises :class:`CorruptImageError` for an unreadable
         image.
         """
-        rec_idx, main = (int(v) for v in self._samples[index])
-        rec = self._records[rec_idx]
+        rec, main = self.record(index)
         img = read_image_rgb(self.image_dir / rec["file_name"])
         draws, matrix, border = self._placement(rec, main, img.shape[:2], rng, draws)
         image = warp_image(img, matrix, self.input_hw, border)
@@ -278,7 +202,7 @@ class PoseDataset(Dataset):
             "file_name": rec["file_name"],
         }
 
-    def device_sample(self, index: int, rng: np.random.Generator | None = None, draws: AugmentDraws | None = None
+    def device_sample(self, index: int | SampleKey, rng: np.random.Generator | None = None, draws: AugmentDraws | None = None
                       ) -> dict[str, Any]:
         """What the device path needs of a sample (``data.augment_on_device``): the source and the draws, not the
         warped image. The draws come from the same stream, in the same order, as :meth:`sample`'s.
@@ -294,8 +218,7 @@ class PoseDataset(Dataset):
         from posekit.data.device_augment import is_jpeg
         from posekit.data.device_color import IDENTITY_ROW
 
-        rec_idx, main = (int(v) for v in self._samples[index])
-        rec = self._records[rec_idx]
+        rec, main = self.record(index)
         path = self.image_dir / rec["file_name"]
         data = read_image_bytes(path)
         source, jpeg = None, None
@@ -324,7 +247,7 @@ class PoseDataset(Dataset):
             "file_name": rec["file_name"],
         }
 
-    def _device_item(self, i: int, attempt: int) -> dict[str, Any]:
+    def _device_item(self, i: int | SampleKey, attempt: int) -> dict[str, Any]:
         """:meth:`device_sample` as tensors for ``collate_device_items``."""
         s = self.device_sample(i)
         item = {k: torch.from_numpy(s[k]) for k in ("source_hw", "matrix", "warp_matrix", "shrink_hw", "color",
@@ -336,34 +259,46 @@ class PoseDataset(Dataset):
         )
         return item
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int | SampleKey) -> dict[str, Any]:
+        if isinstance(index, SampleKey):
+            # a streamed sample: this copy of the data set has no index to pick a replacement from, and the image
+            # is one the synthetic generator has just written, so an unreadable one means a broken cache
+            try:
+                return self._item(index, 0)
+            except CorruptImageError as e:
+                raise UserError(f"{e}. The synthetic data set was just generated and should be readable: delete "
+                                f"its cache folder ({self.image_dir.parent}) and run again.") from None
         for attempt in range(len(self)):
             i = (index + attempt) % len(self)
             if int(self._samples[i, 0]) in self._bad:
                 continue
             try:
-                if self.device_augment:
-                    return self._device_item(i, attempt)
-                s = self.sample(i)
+                return self._item(i, attempt)
             except CorruptImageError as e:
                 self._skip(i, e)
                 continue
-            item = {
-                "image": torch.from_numpy(to_chw_uint8(s["image"])),
-                "mask": torch.from_numpy(s["mask"]),
-                "image_id": s["image_id"],
-                # 1 when this item replaces a sample whose image could not be read: the training process sums
-                # these into summary.json (the loader workers' own counters are out of its sight)
-                "replaced": int(attempt > 0),
-            }
-            if self.keypoints_only:
-                kps = np.asarray(s["keypoints"], np.float32).reshape(-1, self.skeleton.num_joints, 3)
-                item["keypoints"] = torch.from_numpy(kps)
-            else:
-                heatmaps, pafs = self.encoder(s["keypoints"])
-                item["heatmaps"], item["pafs"] = torch.from_numpy(heatmaps), torch.from_numpy(pafs)
-            return item
         raise UserError(f"no readable image among the {self.num_images} images in {self.image_dir}")
+
+    def _item(self, i: int | SampleKey, attempt: int) -> dict[str, Any]:
+        """Sample ``i`` as the loader's tensors; ``attempt`` > 0 marks it as standing in for an unreadable one."""
+        if self.device_augment:
+            return self._device_item(i, attempt)
+        s = self.sample(i)
+        item = {
+            "image": torch.from_numpy(to_chw_uint8(s["image"])),
+            "mask": torch.from_numpy(s["mask"]),
+            "image_id": s["image_id"],
+            # 1 when this item replaces a sample whose image could not be read: the training process sums
+            # these into summary.json (the loader workers' own counters are out of its sight)
+            "replaced": int(attempt > 0),
+        }
+        if self.keypoints_only:
+            kps = np.asarray(s["keypoints"], np.float32).reshape(-1, self.skeleton.num_joints, 3)
+            item["keypoints"] = torch.from_numpy(kps)
+        else:
+            heatmaps, pafs = self.encoder(s["keypoints"])
+            item["heatmaps"], item["pafs"] = torch.from_numpy(heatmaps), torch.from_numpy(pafs)
+        return item
 
     def _skip(self, sample_index: int, error: Exception) -> None:
         """Remember an unreadable image (its other samples are skipped silently) and warn once for it."""

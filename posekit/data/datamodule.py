@@ -12,6 +12,7 @@ import os
 import time
 from functools import cached_property, partial
 from multiprocessing.context import BaseContext
+from pathlib import Path
 
 import cv2
 import pytorch_lightning as pl
@@ -20,11 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from posekit.codec.encode import Encoder
-from posekit.data import forkserver
+from posekit.data import early, forkserver
 from posekit.data.coco import PoseDataset, collate_people
 from posekit.data.device_augment import DeviceAugmenter, collate_device_items, torchvision_available, \
     torchvision_decoder
 from posekit.data.paths import DataPaths, resolve_data
+from posekit.data.stream import BlockOrderSampler, CachedBlocks, StreamedIndex, one_process
 from posekit.skeleton import Skeleton
 
 log = logging.getLogger("posekit.data")
@@ -93,7 +95,8 @@ class ReplayedBatches:
 
 
 class PoseDataModule(pl.LightningDataModule):
-    """Built from ``cfg.data``, ``cfg.model.input_shape``, ``cfg.codec`` and ``cfg.keypoints``.
+    """Built from ``cfg.data``, ``cfg.model.input_shape``, ``cfg.codec`` and ``cfg.keypoints``; ``block_order``:
+    whether ``data.synthetic.stream_block`` orders the first epoch (posekit.data.stream; the train stage's).
 
     Attributes:
         skeleton: the keypoint set.
@@ -101,7 +104,7 @@ class PoseDataModule(pl.LightningDataModule):
         input_hw: (H, W) network input.
     """
 
-    def __init__(self, cfg: DictConfig):
+    def __init__(self, cfg: DictConfig, block_order: bool = True):
         super().__init__()
         self.cfg = cfg
         self.skeleton = Skeleton.from_cfg(OmegaConf.to_container(cfg.keypoints, resolve=True))
@@ -127,6 +130,19 @@ class PoseDataModule(pl.LightningDataModule):
         )
         self.worker_nice = int(cfg.debug.worker_nice)  # range checked by config.validate
         self.encoder = Encoder(self.skeleton, self.input_hw, cfg.codec)
+        # data.synthetic.stream_block: the first epoch in blocks (posekit.data.stream); one-process runs only
+        syn = cfg.data.get("synthetic")
+        on = block_order and cfg.data.name == "synthetic" and syn is not None
+        self.stream_block = int(syn.stream_block) if on else 0
+        if self.stream_block and not one_process(cfg.trainer):
+            log.info("data.synthetic.stream_block=%d applies to one-process runs: this one shuffles the whole set "
+                     "every epoch", self.stream_block)
+            self.stream_block = 0
+        # the train split this process is generating, indexed as its images are written (None: read train.json)
+        self.streamed: StreamedIndex | None = early.streamed_index(cfg) if self.stream_block else None
+        if self.streamed is not None:
+            log.info("training starts on the synthetic set's first blocks of %d images while the rest renders",
+                     self.stream_block)
 
     @cached_property
     def paths(self) -> DataPaths:
@@ -136,7 +152,8 @@ class PoseDataModule(pl.LightningDataModule):
         return paths
 
     def prepare_data(self) -> None:
-        self.paths  # generates the synthetic dataset once (other ranks wait on its file lock)
+        if self.streamed is None:  # (a streamed train split is read as it is generated: no waiting here)
+            self.paths  # generates the synthetic dataset once (other ranks wait on its file lock)
 
     def setup(self, stage: str | None = None) -> None:
         t0, resolved = time.perf_counter(), self.resolve_s
@@ -149,23 +166,54 @@ class PoseDataModule(pl.LightningDataModule):
         common = dict(skeleton=self.skeleton, input_hw=self.input_hw, codec_cfg=self.cfg.codec,
                       keypoints_only=self.targets_on_device)
         if stage in (None, "fit") and self.train_set is None:
+            ann, images = self.paths.train_ann if self.streamed is None else None, self._train_images()
             self.train_set = PoseDataset(
-                self.paths.train_ann, self.paths.train_images, augment_cfg=d.augment, train=True,
+                ann, images, augment_cfg=d.augment, train=True,
                 min_keypoints=d.main_person_min_keypoints, min_area=d.main_person_min_area,
                 device_augment=self.augment_on_device, jpeg_bytes=self.decode_on_device, **common,
             )  # fmt: skip
-        if stage in (None, "fit", "validate") and self.val_set is None:
+        # a streamed run builds its val set when a val loader is asked for (it needs the finished set)
+        if stage in ((None, "fit", "validate") if self.streamed is None else ("validate",)) and self.val_set is None:
             self.val_set = PoseDataset(
                 self.paths.val_ann, self.paths.val_images, train=False, max_images=d.val_max_images, **common
             )
 
+    def _train_images(self) -> Path:
+        if self.streamed is None:
+            return self.paths.train_images
+        from posekit.data.synthetic import dataset_dir, generation_params, split_paths
+
+        syn = self.cfg.data.synthetic
+        return split_paths(dataset_dir(generation_params(syn, self.skeleton), syn.get("cache_dir")))["train_images"]
+
+    def train_sampler(self) -> BlockOrderSampler | None:
+        """The block-ordered sampler of ``data.synthetic.stream_block`` (None: the loader's plain shuffle)."""
+        if not self.stream_block:
+            return None
+        if self.train_set is None:
+            self.setup("fit")
+        source = self.streamed if self.streamed is not None else CachedBlocks(self.train_set, self.stream_block)
+        return BlockOrderSampler(source, int(self.cfg.seed))
+
+    def train_counts(self) -> dict[str, int | None]:
+        """``train_images`` and ``train_samples`` the train split holds (a streamed one's, once generated), and
+        ``dropped_annotations`` (non-finite, at load)."""
+        if self.streamed is not None:
+            return {"train_images": self.streamed.num_images, "train_samples": self.streamed.known_total(),
+                    "dropped_annotations": 0}
+        ts = self.train_set
+        return {"train_images": getattr(ts, "num_images", None), "train_samples": len(ts) if ts is not None else None,
+                "dropped_annotations": getattr(ts, "num_dropped_annotations", 0)}
+
     def _loader(self, dataset: PoseDataset, train: bool) -> DataLoader:
         workers = int(self.cfg.data.num_workers)
+        sampler = self.train_sampler() if train else None
         return DataLoader(
             dataset,
             batch_size=int(self.cfg.data.batch_size),
-            shuffle=train,
-            drop_last=train and len(dataset) >= int(self.cfg.data.batch_size),
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            drop_last=train and (self.streamed is not None or len(dataset) >= int(self.cfg.data.batch_size)),
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -75,8 +75,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
 
     max_steps = cfg.retrain.max_steps if cfg.retrain.max_steps is not None else cfg.trainer.max_steps
+    # block_order=False: data.synthetic.stream_block is the train stage's start-up device; a retrain (often shorter
+    # than an epoch) reads a finished set and shuffles all of it
     result = fit(cfg, stage_dir, make_module, max_epochs=max_epochs, max_steps=int(max_steps),
-                 max_time=cfg.retrain.max_time, model_meta=meta, on_arch_change="restart")
+                 max_time=cfg.retrain.max_time, model_meta=meta, on_arch_change="restart", block_order=False)
     if not result.is_global_zero:
         return {}
     metrics = stage_metrics(result)

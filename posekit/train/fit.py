@@ -285,12 +285,10 @@ def run_figures(
     score = cbs.best.best_model_score
     figures["best_monitor_value"] = float(score) if score is not None else None
     figures.update(run_length(trainer, global_step))
-    train_set = datamodule.train_set
     figures["data"] = {  # what the loader dropped or skipped: nothing silent (docs/errors.md)
-        "train_images": getattr(train_set, "num_images", None),
-        "train_samples": len(train_set) if train_set is not None else None,
-        "dropped_annotations": getattr(train_set, "num_dropped_annotations", 0),
+        **datamodule.train_counts(),
         "replaced_samples": replaced,  # samples whose image was unreadable, replaced by the next one
+        "streamed": datamodule.streamed is not None,  # trained on the synthetic set while it was generated
     }
     figures["ranks"] = rank_records  # per process: batches, images, sampled indices (RankRecord)
     if module.guard is not None:
@@ -351,6 +349,7 @@ def fit(
     model_meta: dict[str, Any] | None = None,
     on_arch_change: str = "error",
     extra_callbacks: Sequence[pl.Callback] = (),
+    block_order: bool = True,
 ) -> FitResult:
     """Train ``make_module()`` on ``PoseDataModule(cfg)``; write checkpoints, logs and ``model.pt`` under
     ``stage_dir``. ``cfg`` has passed ``posekit.config.validate`` (the run's length, validation cadence...).
@@ -361,6 +360,7 @@ def fit(
     ``max_time`` ("DD:HH:MM:SS", default ``trainer.max_time``) is a safety cap only: the schedule follows the
     steps, and a run the cap cuts short says so (``figures["stopped_early"]`` and a warning).
     ``extra_callbacks`` join posekit's own (diagnostics, benchmarks).
+    ``block_order``: whether ``data.synthetic.stream_block`` applies (the train stage; posekit/data/stream.py).
     ``on_arch_change``: what to do when ``last.ckpt`` holds another network than ``make_module()`` builds:
     ``"error"`` (train: a changed ``model.*`` in an existing experiment is most likely a mistake, and starting
     over would overwrite that run's checkpoints) or ``"restart"`` (retrain: the pruned model was re-made, the old
@@ -372,7 +372,7 @@ def fit(
     max_steps = int(cfg.trainer.max_steps if max_steps is None else max_steps)
     pl.seed_everything(int(cfg.seed), workers=True)
     val = resolve_validation(cfg)
-    datamodule = PoseDataModule(cfg)
+    datamodule = PoseDataModule(cfg, block_order=block_order)
     module = make_module()
     ckpt_dir = stage_dir / "checkpoints"
     precision = resolve_precision(cfg.trainer)

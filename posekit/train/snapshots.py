@@ -96,6 +96,9 @@ class WeightSnapshots(Callback):
         self.write()
 
     def write(self) -> Path:
+        from posekit.data import early
+
+        self.data.update(early.record())  # a streamed run's generation ends after setup, during training
         return io.write_json(self.folder / "record.json", {
             "every_n_steps": self.every,
             "marks": dict(self.marks),

@@ -7,8 +7,10 @@ Modules: :mod:`.person` (kinematic model and its shapes), :mod:`.scene` (backgro
 Nothing is downloaded: :func:`ensure_synthetic` renders the train and val splits from ``seed`` and the
 ``data.synthetic.*`` parameters on first use and caches them under a folder named by a hash of every generating
 parameter (plus :data:`GENERATOR_VERSION`), so a changed parameter makes a new dataset and an unchanged one is
-reused. Generation runs in a temporary folder that is renamed into place when complete (a killed run never
-leaves half a dataset) under a file lock (concurrent ranks wait for one generator).
+reused. Generation runs under a file lock (concurrent ranks wait for one generator); ``params.json``, written
+last, marks the set complete, and a killed generation's folder is removed by the next one, so nobody reads half a
+dataset. A training process that generates the set can stream its first images as they are written
+(``posekit.data.stream``).
 
 Each image is rendered from its own seed ``(seed, split, index)``, so the result is identical whatever the
 number of processes. A scene holds:
@@ -35,6 +37,7 @@ from posekit.data.synthetic.dataset import (
     ensure_synthetic,
     generation_params,
     is_cached,
+    split_paths,
 )
 from posekit.data.synthetic.person import RENDERED_JOINTS
 from posekit.data.synthetic.render import SPLITS, VAL_MAX_PEOPLE, preview, render_image
@@ -54,4 +57,5 @@ __all__ = [
     "is_cached",
     "preview",
     "render_image",
+    "split_paths",
 ]

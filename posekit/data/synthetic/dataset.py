@@ -1,8 +1,9 @@
 """Generating and caching the synthetic dataset: the cache key, the process pool, the COCO files.
 
 :func:`ensure_synthetic` renders the train and val splits on first use under a folder named by a hash of every
-generating parameter (plus :data:`GENERATOR_VERSION`); generation runs in a temporary folder renamed into place
-when complete, under a file lock so concurrent ranks wait for one generator.
+generating parameter (plus :data:`GENERATOR_VERSION`); generation runs under a file lock, so concurrent ranks wait
+for one generator, and ``params.json``, written last, marks the set complete (a killed generation's folder is
+removed by the next one).
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import json
 import logging
 import os
 import shutil
-import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import cv2
 from filelock import FileLock
 from tqdm import tqdm
 
+from posekit import io
 from posekit.data import forkserver
 from posekit.data.synthetic.person import RENDERED_JOINTS
 from posekit.data.synthetic.render import SPLITS, render_image
@@ -35,6 +36,9 @@ log = logging.getLogger("posekit.data")
 GENERATOR_VERSION = 3
 JPEG_QUALITY = 90
 _IMAGES_PER_PROCESS = 64  # at least this many images per generating process (process start-up costs ~0.1 s)
+# niceness of the generating processes while a training process streams the set (ensure_synthetic's on_image): the
+# training process and its loader workers come first, the generator takes the cores they leave idle
+_STREAMING_NICE = 10
 
 
 def default_cache_dir() -> Path:
@@ -95,13 +99,23 @@ def is_cached(syn_cfg: Any, skeleton: Skeleton) -> bool:
     return _complete(dataset_dir(generation_params(syn_cfg, skeleton), getattr(syn_cfg, "cache_dir", None)))
 
 
-def ensure_synthetic(syn_cfg: Any, skeleton: Skeleton, workers: int | None = None) -> dict[str, Path]:
+# ``ensure_synthetic(on_image=...)``: called in the generating thread with (split, COCO image dict, its COCO
+# annotation dicts), ids final, in index order, train split first, as each image is written
+ImageListener = Callable[[str, dict, list[dict]], None]
+
+
+def ensure_synthetic(
+    syn_cfg: Any, skeleton: Skeleton, workers: int | None = None, on_image: ImageListener | None = None
+) -> dict[str, Path]:
     """The synthetic dataset described by ``syn_cfg`` (a ``SyntheticConfig``), generated on first use.
 
     Args:
         syn_cfg: ``cfg.data.synthetic``.
         skeleton: gives the dataset joint order and the COCO category.
         workers: generating processes; default ``syn_cfg.workers`` (0 = all cores).
+        on_image: if this call generates the set, told of each image as soon as its file is written (the
+            streamed first epoch, ``posekit.data.stream``); its generating processes then run at a lower
+            priority, so that training on the first images takes the cores it needs.
 
     Returns:
         ``{"train_ann", "train_images", "val_ann", "val_images"}`` -> absolute paths.
@@ -115,7 +129,12 @@ def ensure_synthetic(syn_cfg: Any, skeleton: Skeleton, workers: int | None = Non
             if not _complete(root):  # another process may have finished it while we waited
                 if workers is None:
                     workers = int(getattr(syn_cfg, "workers", 0) or 0)
-                _generate(params, root, workers)
+                _generate(params, root, workers, on_image)
+    return split_paths(root)
+
+
+def split_paths(root: Path) -> dict[str, Path]:
+    """The annotation files and image folders of the data set in ``root``."""
     return {
         "train_ann": root / "annotations" / "train.json",
         "train_images": root / "train",
@@ -124,27 +143,28 @@ def ensure_synthetic(syn_cfg: Any, skeleton: Skeleton, workers: int | None = Non
     }
 
 
-
 def _complete(root: Path) -> bool:
     return (root / "params.json").is_file()
 
 
-def _generate(params: dict, root: Path, workers: int) -> None:
-    # Leftovers of killed generations of this dataset (we hold the lock, so nobody else is writing them).
-    for stale in root.parent.glob(f".{root.name}.tmp-*"):
+def _generate(params: dict, root: Path, workers: int, on_image: ImageListener | None = None) -> None:
+    """Render into ``root`` itself, so an image's path is final as soon as it is written (the streamed first epoch
+    reads them then). ``params.json``, written last and atomically, marks the set complete: ``root`` without it
+    is a killed generation's, removed here (we hold the lock, so nobody else is writing it) or on an error."""
+    for stale in root.parent.glob(f".{root.name}.tmp-*"):  # temporary folders of earlier posekit versions
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:8]}"
+    shutil.rmtree(root, ignore_errors=True)
     counts = {"train": params["num_train"], "val": params["num_val"]}
     jobs = [(s, i) for s in SPLITS for i in range(counts[s])]
     for s in SPLITS:
-        (tmp / s).mkdir(parents=True)
-    (tmp / "annotations").mkdir()
+        (root / s).mkdir(parents=True)
+    (root / "annotations").mkdir()
     workers = workers if workers > 0 else (os.cpu_count() or 1)
     workers = min(workers, max(1, len(jobs) // _IMAGES_PER_PROCESS))  # a pool only pays off for many images
     log.info("generating the synthetic dataset (%d images, %d processes) in %s", len(jobs), workers, root)
-    results: dict[str, list] = {s: [] for s in SPLITS}
+    coco: dict[str, tuple[list, list]] = {s: ([], []) for s in SPLITS}  # split -> (images, annotations)
     try:
-        args = [(params, str(tmp), s, i) for s, i in jobs]
+        args = [(params, str(root), s, i) for s, i in jobs]
         bar = tqdm(total=len(jobs), desc="synthetic data", unit="img", dynamic_ncols=True)
         with bar, contextlib.ExitStack() as stack:
             if workers > 1:
@@ -156,44 +176,48 @@ def _generate(params: dict, root: Path, workers: int) -> None:
                 # (posekit.data.forkserver).
                 forkserver.want(__name__)
                 ctx = forkserver.context()
-                pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init)
+                nice = _STREAMING_NICE if on_image is not None else 0
+                pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(nice,))
                 stack.callback(pool.shutdown, wait=True, cancel_futures=True)  # Ctrl-C: drop the queued images
                 it = pool.map(_render_to_file, args, chunksize=8)
             else:
                 it = map(_render_to_file, args)
-            for (split, _), result in zip(jobs, it):  # map keeps job order: ids do not depend on scheduling
-                results[split].append(result)
+            for (split, _), (info, anns) in zip(jobs, it):  # map keeps job order: ids do not depend on scheduling
+                images, annotations = coco[split]
+                image = {**info, "license": 1}
+                image_anns = [{"id": len(annotations) + k + 1, "image_id": info["id"], **a} for k, a in enumerate(anns)]
+                images.append(image)
+                annotations.extend(image_anns)
+                if on_image is not None:
+                    on_image(split, image, image_anns)
                 bar.update()
         for split in SPLITS:
-            _write_coco(tmp / "annotations" / f"{split}.json", results[split], params)
-        (tmp / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")  # completion marker
-        if not _complete(root):  # (without a file lock another process may have finished first: keep theirs)
-            os.replace(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            _write_coco(root / "annotations" / f"{split}.json", *coco[split], params)
+        with io.atomic_path(root / "params.json") as tmp:  # the completion marker, last
+            tmp.write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
 
 
-def _worker_init() -> None:
+def _worker_init(nice: int = 0) -> None:
     cv2.setNumThreads(1)  # one image per process; cv2's own threads would only oversubscribe the cores
+    if nice > 0:
+        os.nice(nice)
 
 
 def _render_to_file(job: tuple[dict, str, str, int]) -> tuple[dict, list[dict]]:
-    params, tmp, split, index = job
+    params, root, split, index = job
     img, anns = render_image(params, split, index)
     file_name = f"{index + 1:012d}.jpg"
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     assert ok, "cv2 failed to encode a JPEG"
-    Path(tmp, split, file_name).write_bytes(buf.tobytes())
+    Path(root, split, file_name).write_bytes(buf.tobytes())
     info = {"id": index + 1, "file_name": file_name, "height": img.shape[0], "width": img.shape[1]}
     return info, anns
 
 
-def _write_coco(path: Path, results: list[tuple[dict, list[dict]]], params: Mapping) -> None:
-    images, annotations = [], []
-    for info, anns in results:
-        images.append({**info, "license": 1})
-        for ann in anns:
-            annotations.append({"id": len(annotations) + 1, "image_id": info["id"], **ann})
+def _write_coco(path: Path, images: list[dict], annotations: list[dict], params: Mapping) -> None:
     coco = {
         "info": {
             "description": "posekit synthetic multi-person keypoints",
