@@ -30,7 +30,8 @@ model file's time) and this script's clock around the command::
     finish     end of training -> model.pt written (checkpoints, the model file)
     total      command -> model.pt written (= startup + train + finish)
     generation wall time of generating the synthetic set (0 when it was cached), overlapped with the launch or
-               not; startup_without_data_wait = startup - data
+               not (and with training when the run streams it: data.synthetic.stream_block);
+               startup_without_data_wait = startup - data
 """
 
 from __future__ import annotations
@@ -73,8 +74,11 @@ def launch_train(run_dir: Path, preset: str, seed: int, every: int, overrides: l
     return {"command": cmd, "t_cmd": t_cmd, "t_exit": t_exit, "cache": str(cache)}
 
 
-def breakdown(t_cmd: float, t_exit: float, model_time: float, record: dict[str, Any]) -> dict[str, float]:
-    """Seconds of each phase (module docstring) from the command's clock and the run's ``record.json``."""
+def breakdown(t_cmd: float, t_exit: float, model_time: float, record: dict[str, Any],
+              completed: float | None = None) -> dict[str, float]:
+    """Seconds of each phase (module docstring) from the command's clock and the run's ``record.json``;
+    ``completed``: when the generated set was complete (its ``params.json``), for a run that trained on a streamed
+    set and ended before its generation (the record then has no ``generate_end``)."""
     m, data = record["marks"], record["data"]
     resolve_s, index_s = float(data.get("resolve_s") or 0.0), float(data.get("index_s") or 0.0)
     parts = {
@@ -85,7 +89,8 @@ def breakdown(t_cmd: float, t_exit: float, model_time: float, record: dict[str, 
         "first_batch_s": m["first_batch"] - m["train_start"],
         "first_step_s": m["first_step"] - m["first_batch"],
     }
-    generation = data.get("generate_end", 0.0) - data.get("generate_start", 0.0) if data.get("generated") else 0.0
+    end = data.get("generate_end", completed)
+    generation = end - data["generate_start"] if data.get("generated") and end is not None else 0.0
     out = {
         **parts,
         "generation_s": generation if "generated" in data else resolve_s,
@@ -135,7 +140,9 @@ def measure_seed(seed: int, args: argparse.Namespace, overrides: list[str]) -> d
     record = json.loads((stage / "snapshots" / "record.json").read_text())
     summary = json.loads((stage / "summary.json").read_text())
     model = stage / "model.pt"
-    times = breakdown(run["t_cmd"], run["t_exit"], model.stat().st_mtime, record)
+    marker = next(Path(run["cache"]).rglob("params.json"), None)  # written last by the generator
+    times = breakdown(run["t_cmd"], run["t_exit"], model.stat().st_mtime, record,
+                      marker.stat().st_mtime if marker is not None else None)
 
     ap = evaluator(summary, run["cache"])
     t0 = time.perf_counter()
