@@ -202,8 +202,8 @@ class PoseDataset(Dataset):
             "file_name": rec["file_name"],
         }
 
-    def device_sample(self, index: int | SampleKey, rng: np.random.Generator | None = None, draws: AugmentDraws | None = None
-                      ) -> dict[str, Any]:
+    def device_sample(self, index: int | SampleKey, rng: np.random.Generator | None = None,
+                      draws: AugmentDraws | None = None) -> dict[str, Any]:
         """What the device path needs of a sample (``data.augment_on_device``): the source and the draws, not the
         warped image. The draws come from the same stream, in the same order, as :meth:`sample`'s.
 

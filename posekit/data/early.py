@@ -75,12 +75,12 @@ def streamed_index(cfg: DictConfig) -> Any:
 
 def _resolve_quietly(cfg: DictConfig) -> None:
     global _streaming
-    from posekit.data.stream import StreamedIndex, one_process
-    from posekit.data.synthetic import dataset_dir, ensure_synthetic, generation_params, is_cached
-    from posekit.skeleton import Skeleton
-
     index = None
     try:
+        from posekit.data.stream import StreamedIndex, one_process
+        from posekit.data.synthetic import dataset_dir, ensure_synthetic, generation_params, is_cached
+        from posekit.skeleton import Skeleton
+
         skeleton = Skeleton.from_cfg(OmegaConf.to_container(cfg.keypoints, resolve=True))
         syn = cfg.data.synthetic
         generated = not is_cached(syn, skeleton)
@@ -98,5 +98,6 @@ def _resolve_quietly(cfg: DictConfig) -> None:
         _record.clear()
         if index is not None:  # a streaming data module is not waiting on the lock: tell it
             index.fail(e)
-        _decided.set()
         log.debug("early data-set generation failed (the data module will report it): %s", e)
+    finally:
+        _decided.set()  # whatever happened, the data module must not wait for this thread's choice

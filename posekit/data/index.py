@@ -16,7 +16,6 @@ from posekit.data import masks
 from posekit.skeleton import Skeleton
 
 
-# ============================================================================================== index
 def select_main_people(
     centers: np.ndarray, sizes: np.ndarray, num_keypoints: np.ndarray, areas: np.ndarray,
     min_keypoints: int = 5, min_area: float = 1024.0, min_dist_ratio: float = 0.3,
