@@ -373,6 +373,9 @@ def fit(
     pl.seed_everything(int(cfg.seed), workers=True)
     val = resolve_validation(cfg)
     datamodule = PoseDataModule(cfg, block_order=block_order)
+    if datamodule.streamed is not None and val.loss:
+        log.info("validation during training reads the finished synthetic set: the first validation (the sanity "
+                 "check at the start, if on) waits for the generator; trainer.limit_val_batches=0 trains without it")
     module = make_module()
     ckpt_dir = stage_dir / "checkpoints"
     precision = resolve_precision(cfg.trainer)
