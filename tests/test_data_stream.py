@@ -175,3 +175,37 @@ def test_training_starts_while_the_synthetic_set_is_still_being_generated(tmp_pa
     ann = next((tmp_path / "cache").rglob("train.json"))
     full = _dataset({"train_ann": ann, "train_images": ann.parent.parent / "train"}, Skeleton.default())
     assert data["train_samples"] == len(full)  # the streamed index, once complete, is the file's
+
+
+def test_the_data_module_trains_on_a_streamed_split_and_the_replay_waits_for_its_length(tmp_path, monkeypatch):
+    """PoseDataModule with a StreamedIndex (what the train stage's early start hands it): a loader without a length
+    that yields block 0 before the rest exists, and debug.memory_batches, which keeps the epoch's length, waits
+    for the split to be complete."""
+    from posekit.data import early
+    from posekit.data.datamodule import PoseDataModule, ReplayedBatches
+
+    cfg = compose("stage=train", "preset=tiny", f"data.synthetic.cache_dir={tmp_path}", "data.synthetic.num_train=12",
+                  "data.synthetic.stream_block=4", "trainer.max_steps=5")
+    skeleton = Skeleton.default()
+    paths = ensure_synthetic(cfg.data.synthetic, skeleton, workers=1)
+    coco = json.loads(paths["train_ann"].read_text())
+    index = StreamedIndex(skeleton, cfg.data.main_person_min_keypoints, cfg.data.main_person_min_area, 4)
+    _feed(index, coco, range(0, 4))  # block 0 only
+    monkeypatch.setattr(early, "streamed_index", lambda c: index)
+    dm = PoseDataModule(cfg)
+    assert dm.streamed is index
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.train_set) == 0 and dm.val_set is None  # nothing indexed here, and no wait for the val split
+    loader = dm.train_dataloader()
+    with pytest.raises(TypeError):
+        len(loader)
+    batch = next(iter(loader))  # block 0 is enough for the first batch
+    assert batch["image"].shape[0] == int(cfg.data.batch_size)
+    assert {block_of(int(i), 4) for i in batch["image_id"]} == {0}
+
+    cfg.debug.memory_batches = 1
+    threading.Timer(0.3, lambda: (_feed(index, coco, range(4, 12)), index.finish())).start()
+    replay = dm.train_dataloader()  # waits for the whole split, then knows its length
+    assert isinstance(replay, ReplayedBatches) and len(replay) == index.known_total() // int(cfg.data.batch_size)
+    assert dm.train_counts() == {"train_images": 12, "train_samples": index.known_total(), "dropped_annotations": 0}

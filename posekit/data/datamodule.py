@@ -232,6 +232,8 @@ class PoseDataModule(pl.LightningDataModule):
             self.setup("fit")
         loader = self._loader(self.train_set, train=True)
         if int(self.cfg.debug.memory_batches) > 0:
+            if self.streamed is not None:  # the replay keeps the epoch's length: wait until the split has one
+                self.streamed.total()
             return ReplayedBatches(loader, int(self.cfg.debug.memory_batches))
         return loader
 
