@@ -118,6 +118,7 @@ def test_the_sampler_hands_out_a_block_as_soon_as_it_is_written(streamed, skelet
     while (k := out.get(timeout=10)) is not None:
         rest.append(k)
     assert len(got) + len(rest) == len(sampler) == index.known_total()
+    assert index.block(3) is not None and index.block(4) is None  # 17 images: blocks of 5, 5, 5 and 2, no more
 
 
 def test_a_failed_generation_ends_the_streamed_epoch_with_its_error(skeleton):
@@ -209,3 +210,13 @@ def test_the_data_module_trains_on_a_streamed_split_and_the_replay_waits_for_its
     replay = dm.train_dataloader()  # waits for the whole split, then knows its length
     assert isinstance(replay, ReplayedBatches) and len(replay) == index.known_total() // int(cfg.data.batch_size)
     assert dm.train_counts() == {"train_images": 12, "train_samples": index.known_total(), "dropped_annotations": 0}
+
+
+def test_a_split_that_ends_on_a_block_boundary_has_no_empty_last_block(skeleton):
+    index = StreamedIndex(skeleton, 5, 1024.0, 4)
+    for k in range(1, 9):  # images without people: indexed, no samples
+        index("train", {"id": k, "file_name": f"{k:012d}.jpg", "height": 32, "width": 32}, [])
+    assert index.block(0) == range(0, 0) and index.known_total() is None  # block 0 is out, the split is not done
+    index("val", {"id": 1, "file_name": "x.jpg", "height": 32, "width": 32}, [])  # the val split ends the train one
+    assert index.num_images == 8 and index.known_total() == 0
+    assert index.block(1) == range(0, 0) and index.block(2) is None

@@ -7,10 +7,10 @@ shuffle the whole set. The order is a function of the seed and B alone: a traini
 itself (``posekit.data.early``) hands each block to the loader as soon as the generator has written it
 (:class:`StreamedIndex`), and a process that finds the set cached takes the same blocks from the annotation file
 (:class:`CachedBlocks`). Either way the run sees the same samples in the same order; streaming only decides whether
-it waits for the whole set before the first step (about 40 s of a one-GPU run's start-up, docs/data.md).
+it waits for the whole set before the first step (34-44 s of a cold one-GPU run's start-up: docs/data.md).
 
 The loader workers of a streamed run were started before most images existed, so their copy of the data set has no
-index: the sampler hands them each sample whole (:class:`~posekit.data.coco.SampleKey`, the image's record and the
+index: the sampler hands them each sample whole (:class:`~posekit.data.index.SampleKey`, the image's record and the
 main person). A run on a cached set hands out positions, as a plain shuffle does.
 
 Torch-free: the generating thread builds the index before the training process has imported torch.
@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
 from posekit.data.index import SampleKey, index_images
 from posekit.skeleton import Skeleton
 
@@ -95,7 +96,7 @@ class StreamedIndex:
         """The train split is complete: publish the last block."""
         if self._complete:
             return
-        self._publish(self._open_block + 1)
+        self._publish(-(-self.num_images // self.block_images))  # every block that holds an image
         with self._changed:
             self._complete = True
             self._changed.notify_all()
