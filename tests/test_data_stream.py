@@ -190,7 +190,8 @@ def test_the_data_module_trains_on_a_streamed_split_and_the_replay_waits_for_its
     skeleton = Skeleton.default()
     paths = ensure_synthetic(cfg.data.synthetic, skeleton, workers=1)
     coco = json.loads(paths["train_ann"].read_text())
-    index = StreamedIndex(skeleton, cfg.data.main_person_min_keypoints, cfg.data.main_person_min_area, 4)
+    index = StreamedIndex(skeleton, cfg.data.main_person_min_keypoints, cfg.data.main_person_min_area, 4,
+                          root=paths["train_ann"].parent.parent)
     _feed(index, coco, range(0, 4))  # block 0 only
     monkeypatch.setattr(early, "streamed_index", lambda c: index)
     dm = PoseDataModule(cfg)

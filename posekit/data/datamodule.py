@@ -12,7 +12,6 @@ import os
 import time
 from functools import cached_property, partial
 from multiprocessing.context import BaseContext
-from pathlib import Path
 
 import cv2
 import pytorch_lightning as pl
@@ -27,6 +26,7 @@ from posekit.data.device_augment import DeviceAugmenter, collate_device_items, t
     torchvision_decoder
 from posekit.data.paths import DataPaths, resolve_data
 from posekit.data.stream import BlockOrderSampler, CachedBlocks, StreamedIndex, one_process
+from posekit.data.synthetic import split_paths
 from posekit.skeleton import Skeleton
 
 log = logging.getLogger("posekit.data")
@@ -166,7 +166,10 @@ class PoseDataModule(pl.LightningDataModule):
         common = dict(skeleton=self.skeleton, input_hw=self.input_hw, codec_cfg=self.cfg.codec,
                       keypoints_only=self.targets_on_device)
         if stage in (None, "fit") and self.train_set is None:
-            ann, images = self.paths.train_ann if self.streamed is None else None, self._train_images()
+            if self.streamed is None:
+                ann, images = self.paths.train_ann, self.paths.train_images
+            else:  # nothing to index here, and the images land in the data set's folder as they are written
+                ann, images = None, split_paths(self.streamed.root)["train_images"]
             self.train_set = PoseDataset(
                 ann, images, augment_cfg=d.augment, train=True,
                 min_keypoints=d.main_person_min_keypoints, min_area=d.main_person_min_area,
@@ -178,21 +181,11 @@ class PoseDataModule(pl.LightningDataModule):
                 self.paths.val_ann, self.paths.val_images, train=False, max_images=d.val_max_images, **common
             )
 
-    def _train_images(self) -> Path:
-        if self.streamed is None:
-            return self.paths.train_images
-        from posekit.data.synthetic import dataset_dir, generation_params, split_paths
-
-        syn = self.cfg.data.synthetic
-        return split_paths(dataset_dir(generation_params(syn, self.skeleton), syn.get("cache_dir")))["train_images"]
-
-    def train_sampler(self) -> BlockOrderSampler | None:
+    def _train_sampler(self, dataset: PoseDataset) -> BlockOrderSampler | None:
         """The block-ordered sampler of ``data.synthetic.stream_block`` (None: the loader's plain shuffle)."""
         if not self.stream_block:
             return None
-        if self.train_set is None:
-            self.setup("fit")
-        source = self.streamed if self.streamed is not None else CachedBlocks(self.train_set, self.stream_block)
+        source = self.streamed if self.streamed is not None else CachedBlocks(dataset, self.stream_block)
         return BlockOrderSampler(source, int(self.cfg.seed))
 
     def train_counts(self) -> dict[str, int | None]:
@@ -207,7 +200,7 @@ class PoseDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: PoseDataset, train: bool) -> DataLoader:
         workers = int(self.cfg.data.num_workers)
-        sampler = self.train_sampler() if train else None
+        sampler = self._train_sampler(dataset) if train else None
         return DataLoader(
             dataset,
             batch_size=int(self.cfg.data.batch_size),

@@ -27,9 +27,9 @@ log = logging.getLogger("posekit.data")
 
 # the background generation's wall-clock times (time.time()) and whether it generated (False: the set was cached)
 _record: dict[str, Any] = {}
-# the index the background generation streams to this process's data module: (data set folder, StreamedIndex), set
-# by the thread before it generates anything; _decided tells the data module that the thread has made that choice
-_streaming: tuple[Any, Any] | None = None
+# the StreamedIndex the background generation fills for this process's data module, set by the thread before it
+# generates anything; _decided tells the data module that the thread has made that choice
+_streaming: Any = None
 _decided: threading.Event | None = None
 
 
@@ -63,14 +63,13 @@ def streamed_index(cfg: DictConfig) -> Any:
     if _decided is None or cfg.data.name != "synthetic":
         return None
     _decided.wait()  # set within milliseconds of start(), before the generation itself
-    if _streaming is None or _streaming[1].known_total() is not None:
+    if _streaming is None or _streaming.known_total() is not None:
         return None
-    from posekit.data.synthetic import dataset_dir, generation_params
+    from posekit.data.synthetic import dataset_root
     from posekit.skeleton import Skeleton
 
     skeleton = Skeleton.from_cfg(OmegaConf.to_container(cfg.keypoints, resolve=True))
-    root = dataset_dir(generation_params(cfg.data.synthetic, skeleton), cfg.data.synthetic.get("cache_dir"))
-    return _streaming[1] if _streaming[0] == root else None
+    return _streaming if _streaming.root == dataset_root(cfg.data.synthetic, skeleton) else None
 
 
 def _resolve_quietly(cfg: DictConfig) -> None:
@@ -78,7 +77,7 @@ def _resolve_quietly(cfg: DictConfig) -> None:
     index = None
     try:
         from posekit.data.stream import StreamedIndex, one_process
-        from posekit.data.synthetic import dataset_dir, ensure_synthetic, generation_params, is_cached
+        from posekit.data.synthetic import dataset_root, ensure_synthetic, is_cached
         from posekit.skeleton import Skeleton
 
         skeleton = Skeleton.from_cfg(OmegaConf.to_container(cfg.keypoints, resolve=True))
@@ -87,8 +86,9 @@ def _resolve_quietly(cfg: DictConfig) -> None:
         _record.update(generate_start=time.time(), generated=generated)
         if generated and int(syn.stream_block) > 0 and one_process(cfg.trainer):
             d = cfg.data
-            index = StreamedIndex(skeleton, d.main_person_min_keypoints, d.main_person_min_area, int(syn.stream_block))
-            _streaming = (dataset_dir(generation_params(syn, skeleton), syn.get("cache_dir")), index)
+            index = StreamedIndex(skeleton, d.main_person_min_keypoints, d.main_person_min_area, int(syn.stream_block),
+                                  root=dataset_root(syn, skeleton))
+            _streaming = index
         _decided.set()
         ensure_synthetic(syn, skeleton, on_image=index)
         if index is not None:

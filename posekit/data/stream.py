@@ -21,6 +21,7 @@ from __future__ import annotations
 import pickle
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,15 +53,17 @@ class StreamedIndex:
     Args:
         skeleton, min_keypoints, min_area: as the data set's (``index_images``).
         block_images: B, images per block.
+        root: the data set's folder (None where nobody reads it, as in tests).
     """
 
-    def __init__(self, skeleton: Skeleton, min_keypoints: int, min_area: float, block_images: int):
+    def __init__(self, skeleton: Skeleton, min_keypoints: int, min_area: float, block_images: int,
+                 root: Path | None = None):
         self.skeleton, self.min_keypoints, self.min_area = skeleton, int(min_keypoints), float(min_area)
         self.block_images = int(block_images)
+        self.root = root
         self._records: list[bytes] = []  # pickled image records (SampleKey.record)
         self._samples: list[tuple[int, int]] = []  # (record position, main person)
         self._block_ends: list[int] = []  # samples before the end of each published block
-        self._open_block = 0  # the block the next image belongs to
         self._complete = False
         self._error: BaseException | None = None
         self._changed = threading.Condition()
@@ -73,7 +76,7 @@ class StreamedIndex:
             self.finish()
             return
         block = block_of(image["id"], self.block_images)
-        if block != self._open_block:  # (images come in index order: only a skipped index gets here)
+        if block > len(self._block_ends):  # (images come in index order: only a skipped index gets here)
             self._publish(block)
         records, samples = index_images([image], {int(image["id"]): annotations}, self.skeleton, True,
                                         self.min_keypoints, self.min_area)
@@ -89,7 +92,6 @@ class StreamedIndex:
         with self._changed:
             while len(self._block_ends) < next_block:
                 self._block_ends.append(len(self._samples))
-            self._open_block = next_block
             self._changed.notify_all()
 
     def finish(self) -> None:

@@ -28,6 +28,8 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from posekit.data.stream import one_process
+
 log = logging.getLogger("posekit.train")
 
 
@@ -170,10 +172,7 @@ def single_gpu_device(trainer_cfg: Any) -> torch.device | None:
 
     if not torch.cuda.is_available() or resolve_accelerator(trainer_cfg) not in ("gpu", "cuda"):
         return None
-    devices = trainer_cfg.get("devices", 1)
-    if int(trainer_cfg.get("num_nodes", 1) or 1) != 1:
+    if not one_process(trainer_cfg):
         return None
-    if isinstance(devices, int) or (isinstance(devices, str) and devices.isdigit()):
-        return torch.device("cuda", 0) if int(devices) == 1 else None
-    ids = list(devices) if not isinstance(devices, str) else None
-    return torch.device("cuda", int(ids[0])) if ids is not None and len(ids) == 1 else None
+    devices = trainer_cfg.get("devices", 1)
+    return torch.device("cuda", 0 if isinstance(devices, (int, str)) else int(list(devices)[0]))

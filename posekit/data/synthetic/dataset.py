@@ -93,10 +93,15 @@ def dataset_dir(params: Mapping, cache_dir: str | os.PathLike | None = None) -> 
     return root / f"synthetic-{digest}"
 
 
+def dataset_root(syn_cfg: Any, skeleton: Skeleton) -> Path:
+    """The cache folder of the data set ``syn_cfg`` (a ``SyntheticConfig``) describes."""
+    return dataset_dir(generation_params(syn_cfg, skeleton), getattr(syn_cfg, "cache_dir", None))
+
+
 def is_cached(syn_cfg: Any, skeleton: Skeleton) -> bool:
     """Whether the data set ``syn_cfg`` describes is complete in its cache (:func:`ensure_synthetic` would not
     generate it)."""
-    return _complete(dataset_dir(generation_params(syn_cfg, skeleton), getattr(syn_cfg, "cache_dir", None)))
+    return _complete(dataset_root(syn_cfg, skeleton))
 
 
 # ``ensure_synthetic(on_image=...)``: called in the generating thread with (split, COCO image dict, its COCO
@@ -121,7 +126,7 @@ def ensure_synthetic(
         ``{"train_ann", "train_images", "val_ann", "val_images"}`` -> absolute paths.
     """
     params = generation_params(syn_cfg, skeleton)
-    root = dataset_dir(params, getattr(syn_cfg, "cache_dir", None))
+    root = dataset_dir(params, getattr(syn_cfg, "cache_dir", None))  # dataset_root, with the params kept
     if not _complete(root):
         root.parent.mkdir(parents=True, exist_ok=True)
         # FileLock: an flock the kernel drops when its holder dies, so a killed generator never blocks the next
