@@ -28,6 +28,8 @@
 #                                                # not; TAG= suffixes the experiment's name), then
 #                                                # retrained with retrain.lift_bn_inputs=3 and evaluated (MODEL=
 #                                                # and CACHE= point it at another run's model and data set)
+#   bash benchmarks/gpu_robust.sh detach tta-pipeline-seeds 0 1 2   # tta-pipeline per seed, one after another
+#                                                # (STEPS= replaces the pipeline's steps after training)
 #   bash benchmarks/gpu_robust.sh detach tta-lift 4   # tta-pipeline 4, then on its model: lift at pth 0.2 (floor 3,
 #                                                # against the pipeline's pth 0.2 retrain without it) and at pth 0.5
 #                                                # with 3,000 retrain steps (floor 3): the lift's open questions
@@ -46,6 +48,7 @@ case "${1:-}" in
     case "${1:-}" in
       probe-pair|tta|tta-pipeline|lift) job='bash benchmarks/gpu_robust.sh "$@"' ;;
       tta-seeds) shift; job='for s in "$@"; do bash benchmarks/gpu_robust.sh tta "$s"; done' ;;
+      tta-pipeline-seeds) shift; job='for s in "$@"; do bash benchmarks/gpu_robust.sh tta-pipeline "$s"; done' ;;
       tta-lift) shift; job='s=$1; r=$PWD/experiments/lab/tta/runs/seed-$s
         bash benchmarks/gpu_robust.sh tta-pipeline "$s"
         MODEL=$r/tta/train/model.pt CACHE=$r/cache DEAD=0 bash benchmarks/gpu_robust.sh lift "$s" 0.2 3
@@ -139,7 +142,7 @@ case "${1:-}" in
       ${EXTRA:-} > "$LAB/tta-$seed.log" 2>&1
     # the rest of `stage=pipeline preset=gpu` on the model just trained, with the data set that run generated
     POSEKIT_CACHE="$run/cache" python3 launch.py stage=pipeline preset=gpu seed="$seed" experiment.root="$run" \
-      experiment.name=tta "pipeline.steps=[eval,prune,retrain,eval,export,eval,bench]" ${EXTRA:-} \
+      experiment.name=tta "pipeline.steps=${STEPS:-[eval,prune,retrain,eval,export,eval,bench]}" ${EXTRA:-} \
       > "$LAB/seed-$seed.log" 2>&1
     ;;
   lift)
