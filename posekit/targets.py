@@ -194,8 +194,17 @@ def measure(run: Callable[[Step], Outcome], cfg: DictConfig, plan: Plan, outputs
     if plan.target.defer:
         log.info("%s target: latency deferred (python -m posekit.sweep.report <sweep dir> --bench %s)", plan.name,
                  plan.name)
-        return entry(plan.name, plan.target, plan.precision, outputs, status="deferred", artifact=plan.artifact,
-                     metrics=metrics)
+        rec = entry(plan.name, plan.target, plan.precision, outputs, status="deferred", artifact=plan.artifact,
+                    metrics=metrics)
+        model = plan.artifact.path if plan.target.backend == "torch" else plan.artifact.source
+        if model is not None:
+            from posekit.sweep import rebuild
+
+            try:  # what --rebuild needs to time the network where the file is not (posekit/sweep/rebuild.py)
+                rec["rebuild"] = rebuild.record(plan.artifact.path, model)
+            except Exception as e:  # noqa: BLE001 - the entry is still timed from the file itself
+                log.warning("%s: no rebuild record (%s); --bench needs the file itself", plan.artifact.label, e)
+        return rec
     be = run(bench_step(cfg, plan, outputs))
     if not be.ok:
         return entry(plan.name, plan.target, plan.precision, outputs, status="failed", artifact=plan.artifact,
@@ -219,12 +228,19 @@ def point_config(folder: Path) -> DictConfig:
     return cfg
 
 
+def rebuilt_marker(outputs: Path, name: str, precision: str) -> Path:
+    """Beside ``bench.json``: present when the timed file was rebuilt here (posekit/sweep/rebuild.py)."""
+    return bench_json(outputs, name, precision).with_name("rebuilt.json")
+
+
 def bench_deferred(outputs: Path, name: str, stage_runner: Callable[[str, DictConfig], dict], *,
-                   force: bool = False) -> list[dict[str, Any]]:
+                   force: bool = False, rebuild: bool = False) -> list[dict[str, Any]]:
     """Time the entries of target ``name`` that a run at ``outputs`` (a sweep point) left ``deferred``, on this
     machine, from the files under ``outputs`` (the paths the entries give, relative to it). Writes the bench output
     and a step record as the pipeline would (a second call finds the step done and skips it); returns the updated
-    entries, each with ``step`` (ran | cached | failed). The report reads the figures from the files."""
+    entries, each with ``step`` (ran | cached | failed). The report reads the figures from the files.
+    ``rebuild``: an ONNX file that did not travel is re-made from the entry's ``rebuild`` record (the same graph,
+    random weights: posekit/sweep/rebuild.py) and timed; ``rebuilt.json`` beside the bench output says so."""
     from posekit.errors import UserError
 
     summary = io.read_json(outputs / "pipeline" / "summary.json")
@@ -240,9 +256,20 @@ def bench_deferred(outputs: Path, name: str, stage_runner: Callable[[str, DictCo
     done = []
     for e in todo:
         path = (outputs / e["artifact"]).resolve()
+        from posekit.sweep import rebuild as rb
+
+        if not path.is_file() and rebuild and e.get("rebuild"):
+            log.info("%s: %s is not here; rebuilding its network with random weights", outputs.name, e["artifact"])
+            rb.rebuild(cfg, e["rebuild"], path)  # a model file shared by several points is rebuilt once
+        marker = rebuilt_marker(outputs, name, e["precision"])
+        if rb.sidecar(path).is_file():
+            io.write_json(marker, {"artifact": e["artifact"], **io.read_json(rb.sidecar(path))})
+        else:
+            marker.unlink(missing_ok=True)
         if not path.is_file():
+            hint = " or time a rebuild of its graph (--rebuild)" if e.get("rebuild") else ""
             raise UserError(f"{outputs}: {e['artifact']} is missing; copy the sweep folder with its exports and "
-                            "shared models")
+                            f"shared models{hint}")
         label = str(e.get("label") or path.name)
         art = (Artifact(path, e["precision"], "torch", model=label, source=path) if target.backend == "torch"
                else Artifact(path, e["precision"], "onnx", model=label.split("/")[0]))
@@ -256,4 +283,4 @@ def bench_deferred(outputs: Path, name: str, stage_runner: Callable[[str, DictCo
 
 
 __all__ = ["Plan", "bench_deferred", "bench_json", "content_fingerprint", "entry", "machine_label", "measure",
-           "pick_artifact", "point_config", "timing", "unsupported"]
+           "pick_artifact", "point_config", "rebuilt_marker", "timing", "unsupported"]

@@ -323,14 +323,17 @@ def _interrupted_launch(root: Path, after: int, timeout: float = 400) -> None:
 @pytest.fixture(scope="module")
 def al_sweep(tmp_path_factory):
     """The tiny accuracy-latency sweep, run as it would be on the GPU machine and then the VM: (1) a launch killed
-    after 4 of its 8 points, (2) the relaunch, which finishes it, (3) ``--bench cpu`` times the deferred CPU target
+    after 4 of its 8 points, (2) the relaunch, which finishes it (two points at a time), (3) ``--bench cpu`` times the deferred CPU target
     from the exported files, (4) a relaunch of the finished sweep. Returns what each step left to compare."""
     root = tmp_path_factory.mktemp("sweep-al")
     sweep = root / "sweeps" / "accuracy_latency"
     _interrupted_launch(root, after=4)
     finished = _points_done(sweep)
     records_after_kill = _mtimes(sweep, "pipeline/steps/*.json")
-    relaunch = run_cli(*AL_TINY, f"experiment.root={root}", timeout=400, env=AL_ENV)
+    # the relaunch runs the points left in a pool of two processes (hydra/launcher=parallel: joblib); the launcher
+    # is not part of the point folders' names, so it finds the same folders
+    relaunch = run_cli(*AL_TINY, f"experiment.root={root}", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
+                       timeout=400, env=AL_ENV)
     records_after_relaunch = _mtimes(sweep, "pipeline/steps/*.json")
     assert main([str(sweep), "--bench", "cpu"]) == 0
     report_after_bench = {f: (sweep / "report" / f).read_bytes() for f in REPORT_FILES}
@@ -407,6 +410,70 @@ def test_accuracy_latency_sweep_report_matches_the_points_own_eval_and_bench_out
     records = [io.read_json(p) for p in sweep.rglob("pipeline/steps/*.json")]
     assert report["wall_time"]["sum_s"] == pytest.approx(sum(r.get("seconds", 0) for r in records), abs=0.2)
     assert report["wall_time"]["span_s"] > 0 and "Wall time" in (sweep / "report" / "sweep.md").read_text()
+
+
+def _graph(path: Path) -> tuple[list[str], list[tuple]]:
+    """An ONNX file's graph without its values: operator types in order, and each initializer's shape and type."""
+    import onnx
+
+    g = onnx.load(str(path)).graph
+    return [n.op_type for n in g.node], sorted((tuple(t.dims), t.data_type) for t in g.initializer)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_a_file_that_did_not_travel_is_timed_on_a_rebuild_of_its_graph(al_sweep, tmp_path, precision):
+    """The sweep records, for each deferred cpu entry, what its network is. A copy of a pruned point without its
+    exported files (what travels from the GPU machine to the VM): --bench cpu refuses without --rebuild, and with
+    it re-makes the file with random weights, which has the exported file's graph (operators, initializer shapes
+    and types), times it, and the report says so."""
+    import shutil
+
+    from posekit.stages.pipeline import run_stage_step
+    from posekit.targets import bench_deferred
+
+    sweep = al_sweep["sweep"]
+    original = sweep / f"model.stages=3,precision={precision},prune.pth=0.6,resolution=128x128"
+    copy = tmp_path / "accuracy_latency" / original.name
+    shutil.copytree(original, copy, ignore=shutil.ignore_patterns("*.onnx", "targets"))
+    for rec in copy.glob("pipeline/steps/target-*-bench.json"):
+        rec.unlink()  # as if never timed
+    entries = [e for e in io.read_json(copy / "pipeline" / "summary.json")["targets"] if e["target"] == "cpu"]
+    assert [e["precision"] for e in entries] == [precision] and entries[0]["rebuild"]["convs"]
+    if precision == "int8":
+        assert entries[0]["rebuild"]["int8_variant"] in ("cpu-u8s8", "cpu-u8s7")
+    with pytest.raises(Exception, match="--rebuild"):
+        bench_deferred(copy, "cpu", run_stage_step)
+    done = bench_deferred(copy, "cpu", run_stage_step, rebuild=True)
+    assert [e["status"] for e in done] == ["ok"]
+    rebuilt, exported = copy / entries[0]["artifact"], original / entries[0]["artifact"]
+    assert _graph(rebuilt) == _graph(exported)
+    assert rebuilt.read_bytes() != exported.read_bytes()  # random weights: not the file itself
+    marker = io.read_json(copy / "targets" / "cpu" / precision / "bench" / "rebuilt.json")
+    assert marker["weights"] == "random" and marker["artifact"] == entries[0]["artifact"]
+    rows = [r for r in collect(copy.parent) if r["target"] == "cpu"]
+    assert len(rows) == 1 and rows[0]["status"] == "ok" and "rebuild" in rows[0]["error"]
+    assert rows[0]["latency_ms"] > 0
+
+
+@pytest.mark.slow
+def test_a_rebuilt_model_file_has_the_pruned_models_parameter_shapes(al_sweep, tmp_path):
+    """The torch backend's rebuild (a deferred gpu target timed in a later session, without the shared models): a
+    posekit model file that load_model reads, with the retrained model's parameter shapes and metadata, and a
+    sidecar that marks it."""
+    import torch
+
+    from posekit.model import load_model
+    from posekit.sweep import rebuild
+
+    model = next((al_sweep["sweep"] / "shared").glob("s3-*/retrain/pth-0.6/model.pt"))
+    rec = rebuild.record(model, model)
+    out = rebuild.rebuild(compose("preset=tiny"), rec, tmp_path / "model.pt")
+    (net, info), (orig, orig_info) = load_model(out), load_model(model)
+    assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in orig.state_dict().items()}
+    assert info["meta"]["rebuilt"] is True and info["meta"]["skeleton"] == orig_info["meta"]["skeleton"]
+    assert io.read_json(rebuild.sidecar(out))["weights"] == "random"
+    assert any(not torch.equal(a, b) for a, b in zip(net.state_dict().values(), orig.state_dict().values()))
 
 
 @pytest.mark.slow

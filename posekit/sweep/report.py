@@ -203,7 +203,8 @@ class SweepReportCallback(Callback):
 
 
 # --------------------------------------------------------------------------------------------- deferred targets
-def bench_targets(sweep_dir: str | Path, names: Sequence[str], force: bool = False) -> dict[str, int]:
+def bench_targets(sweep_dir: str | Path, names: Sequence[str], force: bool = False, rebuild: bool = False
+                  ) -> dict[str, int]:
     """Time the deferred entries of targets ``names`` at every point of the sweep, on this machine (the 2-core VM for
     ``cpu``), from the files the sweep left; returns ``{"measured": n, "done earlier": n, "failed": n}``."""
     from posekit.stages.pipeline import run_stage_step
@@ -215,7 +216,7 @@ def bench_targets(sweep_dir: str | Path, names: Sequence[str], force: bool = Fal
         if not (folder / "pipeline" / "summary.json").is_file():
             continue
         for name in names:
-            for e in bench_deferred(folder, name, run_stage_step, force=force):
+            for e in bench_deferred(folder, name, run_stage_step, force=force, rebuild=rebuild):
                 counts[{"ran": "measured", "cached": "done earlier"}.get(e["step"], "failed")] += 1
                 print(f"{folder.name}: {name} {e['precision']} {e['status']} ({e['step']})"
                       f"{' ' + str(e.get('latency_ms')) + ' ms' if e.get('latency_ms') is not None else ''}"
@@ -231,6 +232,9 @@ def main(argv: Iterable[str] | None = None) -> int:
                         help="first time the deferred entries of this latency target (e.g. cpu) on this machine, "
                              "from the sweep's exported files (repeatable)")
     parser.add_argument("--force", action="store_true", help="with --bench: time the target's measured entries again")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="with --bench: where an ONNX file did not travel, time a rebuild of its graph with "
+                             "random weights (the sweep recorded it; posekit/sweep/rebuild.py)")
     args = parser.parse_args(list(argv) if argv is not None else None)
     from posekit.errors import UserError
 
@@ -239,7 +243,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         if args.bench:
             if not Path(args.sweep_dir).is_dir():
                 raise UserError(f"sweep folder not found: {args.sweep_dir}")
-            counts = bench_targets(args.sweep_dir, args.bench, force=args.force)
+            counts = bench_targets(args.sweep_dir, args.bench, force=args.force, rebuild=args.rebuild)
             print(f"--bench {','.join(args.bench)}: " + ", ".join(f"{v} {k}" for k, v in counts.items()), flush=True)
         rep = write_report(args.sweep_dir, args.out)
     except UserError as e:
