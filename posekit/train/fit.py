@@ -380,8 +380,6 @@ def fit(
     ckpt_dir = stage_dir / "checkpoints"
     precision = resolve_precision(cfg.trainer)
     warmup = start_device_warmup(cfg, module, precision)
-    if warmup is not None and warmup.compiles:  # eager until the copy's compile is done (JoinDeviceWarmup)
-        module.net.__dict__.pop("_compiled_call_impl", None)
     cbs = run_callbacks(cfg, val, datamodule, precision, ckpt_dir, startup)
     trainer = build_trainer(cfg, stage_dir, [*cbs.all(), *([JoinDeviceWarmup(warmup)] if warmup else []),
                                              *extra_callbacks],
