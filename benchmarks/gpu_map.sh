@@ -14,11 +14,15 @@
 #   python -m posekit.sweep.report experiments/sweeps/accuracy_latency --bench cpu --rebuild
 #
 # Settings: JOBS (points at once, default 4), WORKERS (loader workers per training, default 6), EXTRA (overrides
-# for every point). export.cpu_reduce_range=true: the INT8 CPU model is built for the VM (AVX2 without VNNI, where
-# 8-bit weights saturate), so the AP measured here is the AP of the file the VM times.
+# for every point), PRESET (default gpu), GPU_DEVICE (the gpu target's device, default cuda), SNAP (the working
+# copy, default /tmp/posekit-map). export.cpu_reduce_range=true: the INT8 CPU model is built for the VM (AVX2
+# without VNNI, where 8-bit weights saturate), so the AP measured here is the AP of the file the VM times.
+# A rehearsal at tiny scale on a CPU (the whole round trip: docs/sweeps.md):
+#   PRESET=tiny GPU_DEVICE=cpu EXTRA="sweep.train_shape=[128,128] prune.pth=0,0.6 resolution=128x128 \
+#     precision=fp32,int8 pipeline.targets.gpu.batch_sizes=[1,4]" bash benchmarks/gpu_map.sh detach 2,3
 set -u
 cd "$(dirname "$0")/.."
-SNAP=/tmp/posekit-map
+SNAP=${SNAP:-/tmp/posekit-map}
 SWEEP=experiments/sweeps/accuracy_latency
 pack() {  # records, summaries, eval metrics, bench outputs, logs: no weights, no ONNX, no detections
   [ -d "$SNAP/$SWEEP" ] || return 0
@@ -33,8 +37,8 @@ case "${1:-}" in
     mkdir -p "$SNAP/experiments"
     stages=${2:+model.stages=$2}
     cd "$SNAP" && setsid nohup bash -c ". benchmarks/gpu_env.sh; nvidia-smi --query-gpu=name --format=csv,noheader;
-      python3 launch.py -m +sweep=accuracy_latency preset=gpu $stages hydra/launcher=parallel \
-        hydra.launcher.n_jobs=${JOBS:-4} data.num_workers=${WORKERS:-6} pipeline.targets.gpu.device=cuda \
+      python3 launch.py -m +sweep=accuracy_latency preset=${PRESET:-gpu} $stages hydra/launcher=parallel \
+        hydra.launcher.n_jobs=${JOBS:-4} data.num_workers=${WORKERS:-6} pipeline.targets.gpu.device=${GPU_DEVICE:-cuda} \
         pipeline.targets.gpu.defer=true pipeline.targets.cpu.defer=true export.cpu_reduce_range=true ${EXTRA:-};
       touch experiments/MAP_DONE" > experiments/map-sweep.log 2>&1 < /dev/null &
     sleep 2; echo "detached in $SNAP: accuracy_latency ${stages:-all stage counts}"; exit 0 ;;
