@@ -275,11 +275,16 @@ def read_record(path: Path) -> dict | None:
 
 
 def is_done(record: dict | None, fp: str) -> bool:
+    """The record says ``ok`` with this fingerprint and its artifacts exist, none of them a rebuild with random
+    weights (``--bench --rebuild`` writes those where a file did not travel: posekit/sweep/rebuild.py), which a
+    relaunch must replace rather than evaluate."""
+    from posekit.sweep.rebuild import sidecar
+
     return bool(
         record
         and record.get("status") == "ok"
         and record.get("fingerprint") == fp
-        and all(Path(p).exists() for p in record.get("artifacts", []))
+        and all(Path(p).exists() and not sidecar(p).exists() for p in record.get("artifacts", []))
     )
 
 

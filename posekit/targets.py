@@ -239,8 +239,9 @@ def bench_deferred(outputs: Path, name: str, stage_runner: Callable[[str, DictCo
     machine, from the files under ``outputs`` (the paths the entries give, relative to it). Writes the bench output
     and a step record as the pipeline would (a second call finds the step done and skips it); returns the updated
     entries, each with ``step`` (ran | cached | failed). The report reads the figures from the files.
-    ``rebuild``: an ONNX file that did not travel is re-made from the entry's ``rebuild`` record (the same graph,
-    random weights: posekit/sweep/rebuild.py) and timed; ``rebuilt.json`` beside the bench output says so."""
+    ``rebuild``: a file that is not here (an ONNX export, or a shared model for the torch backend) is re-made from
+    the entry's ``rebuild`` record (the same network, random weights: posekit/sweep/rebuild.py) and timed;
+    ``rebuilt.json`` beside the bench output says so."""
     from posekit.errors import UserError
 
     summary = io.read_json(outputs / "pipeline" / "summary.json")

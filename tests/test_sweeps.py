@@ -473,6 +473,11 @@ def test_a_rebuilt_model_file_has_the_pruned_models_parameter_shapes(al_sweep, t
     assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in orig.state_dict().items()}
     assert info["meta"]["rebuilt"] is True and info["meta"]["skeleton"] == orig_info["meta"]["skeleton"]
     assert io.read_json(rebuild.sidecar(out))["weights"] == "random"
+    # a step record that lists the rebuilt file is not done: a relaunch trains again instead of evaluating it
+    from posekit.chain import is_done
+
+    assert is_done({"status": "ok", "fingerprint": "f", "artifacts": [str(model)]}, "f")
+    assert not is_done({"status": "ok", "fingerprint": "f", "artifacts": [str(out)]}, "f")
     assert any(not torch.equal(a, b) for a, b in zip(net.state_dict().values(), orig.state_dict().values()))
 
 

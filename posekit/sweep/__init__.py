@@ -7,6 +7,7 @@ sweep) is :mod:`posekit.chain`.
     plot.py     the AP-vs-latency plot of one target (Pareto front, non-overlapping labels)
     report.py   the rows -> ``report/sweep.csv``, ``sweep.md``, ``sweep.json``, one Pareto plot per target;
                 ``python -m posekit.sweep.report DIR`` and the ``SweepReportCallback`` sweeps end with
+    rebuild.py  a point's network re-made with random weights, to time it where its file is not (--rebuild)
     slurm_single_node.sh   a throw-away single-node SLURM cluster (tests/test_slurm.py; docs/slurm.md)
 """
 

@@ -1,9 +1,9 @@
 """Re-make a sweep point's network with random weights, to time it where its file is not.
 
 Why: the accuracy-latency map times its ``cpu`` target on the 2-core VM, but the sweep runs on the GPU machine,
-and the ONNX files that target runs (about 1.2 GB for the 108-point map) cannot travel back. Nor can a sweep that
-needs more than one GPU session keep its models between sessions, while its GPU latencies should all come from
-one card in one sitting. A network's latency depends on its graph (operators, tensor shapes, channel counts,
+and the ONNX files that target runs (over 1 GB for the 108-point map, by the models' sizes) may not be copied
+back. Nor can a sweep that needs more than one GPU lease keep its models between leases, while its GPU latencies
+should all come from one card in one sitting. A network's latency depends on its graph (operators, tensor shapes, channel counts,
 where the Q/DQ pairs sit and their types), not on its weight values: neither ONNX Runtime's CPU kernels nor
 cuDNN's have value-dependent paths (no sparsity shortcut; trained weights are normal floats, as random ones are).
 So when the sweep defers a target it records, per entry, what the network is (:func:`record`): its ``arch``, the
@@ -11,7 +11,8 @@ output channels of every convolution of the pruned network, the model file's met
 variant. ``python -m posekit.sweep.report <dir> --bench <target> --rebuild`` then builds that network here with
 random weights (:func:`rebuild`): a PyTorch model file for the torch backend, else the export at the file's input
 shape with the point's export settings, quantized for an INT8 entry with the same quantizer and variant. The
-ordinary bench stage times it. A sidecar ``<file>.rebuilt.json`` marks the file, and the report notes the rows.
+ordinary bench stage times it. A sidecar ``<file>.rebuilt.json`` marks the file: the report notes the rows, and a
+relaunch of the sweep does not take the file for the model or export it stands in for (``posekit.chain.is_done``).
 
 What differs from the original: the weight values, and for INT8 the ranges, taken min-max on random inputs
 (ranges set the scales, not the graph). ``tests/test_sweeps.py`` checks at tiny scale that a rebuilt ONNX file has
@@ -129,8 +130,9 @@ def rebuild_onnx(cfg: DictConfig, rec: Mapping[str, Any], path: str | os.PathLik
     ex = cfg.export
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="posekit-rebuild-", dir=path.parent) as tmp:
-        fp32 = export_onnx(FinalStage(build(rec)).eval(), Path(tmp) / "fp32.onnx", name.input_hw, data_format=ex.data_format,
-                           opset=int(ex.opset), dynamic_batch=bool(ex.dynamic_batch), input_name=ex.input_name)
+        fp32 = export_onnx(FinalStage(build(rec)).eval(), Path(tmp) / "fp32.onnx", name.input_hw,
+                           data_format=ex.data_format, opset=int(ex.opset), dynamic_batch=bool(ex.dynamic_batch),
+                           input_name=ex.input_name)
         if name.precision == "fp32":
             os.replace(fp32, path)  # the temporary folder is beside it: one file system, an atomic rename
             return path

@@ -233,8 +233,9 @@ def main(argv: Iterable[str] | None = None) -> int:
                              "from the sweep's exported files (repeatable)")
     parser.add_argument("--force", action="store_true", help="with --bench: time the target's measured entries again")
     parser.add_argument("--rebuild", action="store_true",
-                        help="with --bench: where an ONNX file did not travel, time a rebuild of its graph with "
-                             "random weights (the sweep recorded it; posekit/sweep/rebuild.py)")
+                        help="with --bench: where a file is not here (an ONNX export, or a shared model for a "
+                             "torch target), time a rebuild of its network with random weights (the sweep recorded "
+                             "it; posekit/sweep/rebuild.py)")
     args = parser.parse_args(list(argv) if argv is not None else None)
     from posekit.errors import UserError
 
