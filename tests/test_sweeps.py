@@ -457,6 +457,35 @@ def test_a_file_that_did_not_travel_is_timed_on_a_rebuild_of_its_graph(al_sweep,
 
 
 @pytest.mark.slow
+def test_a_deferred_gpu_entry_is_timed_on_a_rebuilt_model_without_end_to_end(al_sweep, tmp_path):
+    """A point copied without the shared models (a later lease), its gpu entry deferred as the map defers it: the
+    model is rebuilt beside the copy, the network is timed at the target's batch sizes, and there is no end-to-end
+    figure (decoding depends on the peaks the weights produce)."""
+    import shutil
+
+    from posekit.stages.pipeline import run_stage_step
+    from posekit.sweep import rebuild
+    from posekit.targets import bench_deferred
+
+    original = al_sweep["sweep"] / "model.stages=3,precision=fp32,prune.pth=0.6,resolution=128x128"
+    copy = tmp_path / "accuracy_latency" / original.name
+    shutil.copytree(original, copy, ignore=shutil.ignore_patterns("targets"))
+    for rec in copy.glob("pipeline/steps/target-gpu-*-bench.json"):
+        rec.unlink()
+    summary = io.read_json(copy / "pipeline" / "summary.json")
+    gpu = next(e for e in summary["targets"] if e["target"] == "gpu")
+    model = (original / gpu["artifact"]).resolve()
+    gpu.update(status="deferred", rebuild=rebuild.record(model, model))  # what a deferred gpu target records
+    io.write_json(copy / "pipeline" / "summary.json", summary)
+    assert not (copy / gpu["artifact"]).exists()  # ../shared did not come with the copy
+    done = bench_deferred(copy, "gpu", run_stage_step, rebuild=True)
+    assert [e["status"] for e in done] == ["ok"] and rebuild.sidecar(copy / gpu["artifact"]).is_file()
+    rows = io.read_json(copy / "targets" / "gpu" / "fp32" / "bench" / "bench.json")["rows"]
+    assert sorted(r["batch"] for r in rows) == [1, 4] and all("end_to_end" not in r for r in rows)
+    assert all(r["network"]["median_ms"] > 0 for r in rows)
+
+
+@pytest.mark.slow
 def test_a_rebuilt_model_file_has_the_pruned_models_parameter_shapes(al_sweep, tmp_path):
     """The torch backend's rebuild (a deferred gpu target timed in a later session, without the shared models): a
     posekit model file that load_model reads, with the retrained model's parameter shapes and metadata, and a

@@ -11,7 +11,8 @@ output channels of every convolution of the pruned network, the model file's met
 variant. ``python -m posekit.sweep.report <dir> --bench <target> --rebuild`` then builds that network here with
 random weights (:func:`rebuild`): a PyTorch model file for the torch backend, else the export at the file's input
 shape with the point's export settings, quantized for an INT8 entry with the same quantizer and variant. The
-ordinary bench stage times it. A sidecar ``<file>.rebuilt.json`` marks the file: the report notes the rows, and a
+ordinary bench stage times it, the network alone (end-to-end time includes decoding, which depends on the peaks
+the weights produce, so it is not timed on a rebuild). A sidecar ``<file>.rebuilt.json`` marks the file: the report notes the rows, and a
 relaunch of the sweep does not take the file for the model or export it stands in for (``posekit.chain.is_done``).
 
 What differs from the original: the weight values, and for INT8 the ranges, taken min-max on random inputs
