@@ -15,7 +15,9 @@ write the INT8 variants, then time ``session.run`` (batch 1, warm-up, median of 
     int8-u8s8-rr model.int8.cpu.onnx with reduce_range (7-bit weights: for CPUs without VNNI)
 
 Speed-ups are against the FP32 latency of the first ``--model`` at the same resolution. Without ``--model``
-the unpruned TAO-size network is used with random weights (latency does not depend on the values).
+the unpruned TAO-size network is used with random weights (latency does not depend on the values). Before
+2026-12-07 those random networks had fresh BatchNorms (mean 0, variance 1, shift 0), which fold into bias-free
+convolutions whose zero biases the exporter drops: figures measured before then timed graphs without them.
 ``--kept FILE`` adds, after the unpruned network, one network per pth of FILE (``{"pth": {pth: {layer: [filters,
 kept]}}}``, e.g. the per-layer report of a prune run): the same architecture as that pruned model, random weights.
 Calibration inputs: ``--calib-images`` (a folder or list file) or uniform noise in the normalized range.
@@ -56,19 +58,15 @@ def time_session(path: Path, x: np.ndarray, threads: int, warmup: int, iters: in
 
 
 def build_net(model: str | dict | None):
-    """A posekit model file, ``{layer: kept filters}`` (the default network pruned to that shape), or None."""
-    import torch
-
+    """A posekit model file, ``{layer: kept filters}`` (the default network pruned to that shape), or None. The
+    random networks are the sweep's rebuilds (posekit/sweep/rebuild.py): random BatchNorm statistics and biases
+    too, so the exported graph keeps the biases a trained network's has."""
     from posekit.model import BpNetLite, load_model
-    from posekit.prune.history import apply_pruning_history, history_for_kept
+    from posekit.sweep.rebuild import build
 
     if isinstance(model, str):
         return load_model(model)[0]
-    torch.manual_seed(0)
-    net = BpNetLite(stages=3, width=1.0)
-    if model:
-        apply_pruning_history(net, history_for_kept(net, model))
-    return net
+    return build({"arch": BpNetLite(stages=3, width=1.0).arch, "convs": dict(model or {})})
 
 
 def variants(model: str | dict | None, hw: tuple[int, int], calib: np.ndarray | None, folder: Path) -> dict[str, Path]:
