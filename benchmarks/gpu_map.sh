@@ -4,7 +4,9 @@
 #
 #   bash benchmarks/gpu_map.sh detach [STAGES]   # the sweep's points (of stage counts STAGES, e.g. 2,3; default
 #                                                # all), JOBS at a time in a pool (hydra/launcher=parallel), in a
-#                                                # new session (setsid): AP of both targets now, latency deferred
+#                                                # new session (setsid): AP of both targets now, latency deferred.
+#                                                # Records of earlier leases carried in experiments/sweeps/
+#                                                # accuracy_latency (their map.tgz unpacked) join the sweep
 #   bash benchmarks/gpu_map.sh poll N            # wait up to N s for it; progress; pack the records: $OUT/map.tgz
 #   bash benchmarks/gpu_map.sh time-gpu          # the deferred gpu target, one entry at a time on the idle card;
 #                                                # models that are not here (an earlier lease's) are rebuilt with
@@ -32,14 +34,16 @@ pack() {  # records, summaries, eval metrics, bench outputs, logs: no weights, n
 }
 case "${1:-}" in
   detach)
-    rm -rf "$SNAP"; mkdir -p "$SNAP"
+    rm -rf "$SNAP"; mkdir -p "$SNAP/experiments/sweeps"
     tar cf - --exclude=./experiments --exclude=./.git --exclude=./.venv . | tar xf - -C "$SNAP"
-    mkdir -p "$SNAP/experiments"
+    # an earlier lease's records (its map.tgz unpacked here and carried) join this lease's sweep and report
+    [ -d "$SWEEP" ] && cp -r "$SWEEP" "$SNAP/experiments/sweeps/"
     stages=${2:+model.stages=$2}
     cd "$SNAP" && setsid nohup bash -c ". benchmarks/gpu_env.sh; nvidia-smi --query-gpu=name --format=csv,noheader;
       python3 launch.py -m +sweep=accuracy_latency preset=${PRESET:-gpu} $stages hydra/launcher=parallel \
-        hydra.launcher.n_jobs=${JOBS:-4} data.num_workers=${WORKERS:-6} pipeline.targets.gpu.device=${GPU_DEVICE:-cuda} \
-        pipeline.targets.gpu.defer=true pipeline.targets.cpu.defer=true export.cpu_reduce_range=true ${EXTRA:-};
+        hydra.launcher.n_jobs=${JOBS:-4} data.num_workers=${WORKERS:-6} \
+        pipeline.targets.gpu.device=${GPU_DEVICE:-cuda} pipeline.targets.gpu.defer=true \
+        pipeline.targets.cpu.defer=true export.cpu_reduce_range=true ${EXTRA:-};
       touch experiments/MAP_DONE" > experiments/map-sweep.log 2>&1 < /dev/null &
     sleep 2; echo "detached in $SNAP: accuracy_latency ${stages:-all stage counts}"; exit 0 ;;
   poll)

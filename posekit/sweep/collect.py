@@ -113,7 +113,7 @@ def _target_row(name: str, folder: Path, point: Mapping[str, Any], e: Mapping[st
     elif bench.is_file():
         row.update(timing(io.read_json(bench)), status="ok", error=None)
         if bench.with_name("rebuilt.json").is_file():  # posekit.targets.rebuilt_marker
-            row["error"] = "latency of a rebuild: the point's graph with random weights (the file did not travel)"
+            row["error"] = "latency of a rebuild: the point's network with random weights (its file was not here)"
     elif e["status"] == "ok":
         row.update(status="failed", error=f"{e['bench']} is missing")
     else:
