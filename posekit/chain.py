@@ -276,8 +276,8 @@ def read_record(path: Path) -> dict | None:
 
 def is_done(record: dict | None, fp: str) -> bool:
     """The record says ``ok`` with this fingerprint and its artifacts exist, none of them a rebuild with random
-    weights (``--bench --rebuild`` writes those where a file is not on the machine: posekit/sweep/rebuild.py), which a
-    relaunch must replace rather than evaluate."""
+    weights (``--bench --rebuild`` writes those where a file is not on the machine: posekit/sweep/rebuild.py),
+    which a relaunch must replace rather than evaluate."""
     from posekit.sweep.rebuild import sidecar
 
     return bool(

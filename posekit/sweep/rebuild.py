@@ -77,8 +77,8 @@ def rebuild(cfg: DictConfig, rec: Mapping[str, Any], path: str | os.PathLike) ->
     else:
         rebuild_onnx(cfg, rec, path)
     io.write_json(sidecar(path), {"weights": "random", "record": dict(rec),
-                                  "why": "the original was not on this machine; latency depends on the graph, not on the "
-                                         "weights (posekit/sweep/rebuild.py)"})
+                                  "why": "the original was not on this machine; latency depends on the graph, not "
+                                         "on the weights (posekit/sweep/rebuild.py)"})
     return path
 
 
