@@ -3,17 +3,18 @@
 Why: the accuracy-latency map times its ``cpu`` target on the 2-core VM, but the sweep runs on the GPU machine,
 and the ONNX files that target runs (over 1 GB for the 108-point map, by the models' sizes) may not be copied
 back. Nor can a sweep that needs more than one GPU lease keep its models between leases, while its GPU latencies
-should all come from one card in one sitting. A network's latency depends on its graph (operators, tensor shapes, channel counts,
-where the Q/DQ pairs sit and their types), not on its weight values: neither ONNX Runtime's CPU kernels nor
-cuDNN's have value-dependent paths (no sparsity shortcut; trained weights are normal floats, as random ones are).
-So when the sweep defers a target it records, per entry, what the network is (:func:`record`): its ``arch``, the
-output channels of every convolution of the pruned network, the model file's metadata, and for an INT8 file its
-variant. ``python -m posekit.sweep.report <dir> --bench <target> --rebuild`` then builds that network here with
-random weights (:func:`rebuild`): a PyTorch model file for the torch backend, else the export at the file's input
-shape with the point's export settings, quantized for an INT8 entry with the same quantizer and variant. The
-ordinary bench stage times it, the network alone (end-to-end time includes decoding, which depends on the peaks
-the weights produce, so it is not timed on a rebuild). A sidecar ``<file>.rebuilt.json`` marks the file: the report notes the rows, and a
-relaunch of the sweep does not take the file for the model or export it stands in for (``posekit.chain.is_done``).
+should all come from one card in one sitting. A network's latency depends on its graph (operators, tensor shapes,
+channel counts, where the Q/DQ pairs sit and their types), not on its weight values: neither ONNX Runtime's CPU
+kernels nor cuDNN's have value-dependent paths (no sparsity shortcut; trained weights are normal floats, as random
+ones are). So when the sweep defers a target it records, per entry, what the network is (:func:`record`): its
+``arch``, the output channels of every convolution of the pruned network, the model file's metadata, and for an
+INT8 file its variant. ``python -m posekit.sweep.report <dir> --bench <target> --rebuild`` then builds that network
+here with random weights (:func:`rebuild`): a PyTorch model file for the torch backend, else the export at the
+file's input shape with the point's export settings, quantized for an INT8 entry with the same quantizer and
+variant. The ordinary bench stage times it, the network alone (end-to-end time includes decoding, which depends on
+the peaks the weights produce, so it is not timed on a rebuild). A sidecar ``<file>.rebuilt.json`` marks the file:
+the report notes the rows, and a relaunch of the sweep does not take the file for the model or export it stands
+in for (``posekit.chain.is_done``).
 
 What differs from the original: the weight values, and for INT8 the ranges, taken min-max on random inputs
 (ranges set the scales, not the graph). ``tests/test_sweeps.py`` checks at tiny scale that a rebuilt ONNX file has
