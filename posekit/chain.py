@@ -274,17 +274,21 @@ def read_record(path: Path) -> dict | None:
         return None
 
 
+def rebuilt_sidecar(path: str | os.PathLike) -> Path:
+    """``<file>.rebuilt.json``: present when the file at ``path`` is a stand-in with random weights, which
+    ``--bench --rebuild`` writes where a file is not on the machine (posekit/sweep/rebuild.py)."""
+    path = Path(path)
+    return path.with_name(path.name + ".rebuilt.json")
+
+
 def is_done(record: dict | None, fp: str) -> bool:
     """The record says ``ok`` with this fingerprint and its artifacts exist, none of them a rebuild with random
-    weights (``--bench --rebuild`` writes those where a file is not on the machine: posekit/sweep/rebuild.py),
-    which a relaunch must replace rather than evaluate."""
-    from posekit.sweep.rebuild import sidecar
-
+    weights (:func:`rebuilt_sidecar`), which a relaunch must replace rather than evaluate."""
     return bool(
         record
         and record.get("status") == "ok"
         and record.get("fingerprint") == fp
-        and all(Path(p).exists() and not sidecar(p).exists() for p in record.get("artifacts", []))
+        and all(Path(p).exists() and not rebuilt_sidecar(p).exists() for p in record.get("artifacts", []))
     )
 
 
@@ -417,6 +421,7 @@ __all__ = [
     "digest",
     "file_fingerprint",
     "fingerprint",
+    "rebuilt_sidecar",
     "hydra_runtime",
     "is_done",
     "model_config",

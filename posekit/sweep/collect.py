@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from posekit import io
-from posekit.targets import timing
+from posekit.targets import rebuilt_marker, timing
 
 log = logging.getLogger("posekit.sweep")
 
@@ -112,7 +112,7 @@ def _target_row(name: str, folder: Path, point: Mapping[str, Any], e: Mapping[st
         row.update(status="failed", error=f"bench: {rec.get('error')}")
     elif bench.is_file():
         row.update(timing(io.read_json(bench)), status="ok", error=None)
-        if bench.with_name("rebuilt.json").is_file():  # posekit.targets.rebuilt_marker
+        if rebuilt_marker(folder, e["target"], e["precision"]).is_file():
             row["error"] = "latency of a rebuild: the point's network with random weights (its file was not here)"
     elif e["status"] == "ok":
         row.update(status="failed", error=f"{e['bench']} is missing")

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
+from posekit.chain import rebuilt_sidecar
 from posekit.export.artifacts import parse_model_name
 
 VARIANT_KEY = "posekit.int8_variant"
@@ -52,7 +53,8 @@ def record(path: str | os.PathLike, model_path: str | os.PathLike) -> dict[str, 
         "convs": {name: int(m.out_channels) for name, m in net.named_modules() if isinstance(m, nn.Conv2d)},
         "meta": {k: v for k, v in info["meta"].items() if isinstance(v, (str, int, float, bool, list))},
     }
-    if Path(path).suffix == ".onnx":
+    name = parse_model_name(Path(path).name)
+    if name is not None and name.precision == "int8" and Path(path).suffix == ".onnx":  # the variant: INT8 only
         import onnx
 
         meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
@@ -61,10 +63,8 @@ def record(path: str | os.PathLike, model_path: str | os.PathLike) -> dict[str, 
     return rec
 
 
-def sidecar(path: str | os.PathLike) -> Path:
-    """``<file>.rebuilt.json``: present when the file at ``path`` is a rebuild (random weights)."""
-    path = Path(path)
-    return path.with_name(path.name + ".rebuilt.json")
+# ``<file>.rebuilt.json``: present when the file is a rebuild; the step chain knows it too (a relaunch replaces it)
+sidecar = rebuilt_sidecar
 
 
 def rebuild(cfg: DictConfig, rec: Mapping[str, Any], path: str | os.PathLike) -> Path:
