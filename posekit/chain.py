@@ -403,6 +403,8 @@ class StepRunner:
                            folder=str(step.folder), title=step.title)
         seconds = time.perf_counter() - t0
         result = _jsonable(result)
+        for p in artifacts:  # the stage wrote the real file over a rebuild: it no longer stands in for it
+            rebuilt_sidecar(p).unlink(missing_ok=True)
         io.write_json(step.record_path, {**base, "status": "ok", "finished": _now(), "seconds": seconds,
                                          "artifacts": artifacts, "result": result})
         log.info("%s: done in %.1fs", step.title or step.id, seconds)

@@ -327,6 +327,28 @@ def test_the_lock_lets_only_one_of_two_concurrent_jobs_run_a_step(tmp_path):
     assert counter.read_text() == "x"
 
 
+def test_a_step_that_replaces_a_rebuilt_file_is_done_afterwards(tmp_path):
+    """A file rebuilt with random weights (--bench --rebuild) is not a step's artifact: the step runs again, and
+    once it has written the real file the rebuild's mark is gone, so the next run finds the step done."""
+    from posekit.chain import rebuilt_sidecar
+
+    out, cfg = tmp_path / "model.pt", compose("preset=tiny")
+    step = Step("train", "train", cfg, tmp_path, "fp1", lambda r: [out])
+    calls = []
+
+    def stage(stage, cfg):
+        calls.append(stage)
+        io.write_text(out, "real")
+        return {}
+
+    runner = StepRunner(stage)
+    assert runner.run(step).status == "ran"
+    io.write_text(out, "random weights")
+    io.write_json(rebuilt_sidecar(out), {"weights": "random"})  # what a rebuild leaves
+    assert runner.run(step).status == "ran" and not rebuilt_sidecar(out).exists()
+    assert runner.run(step).status == "cached" and calls == ["train", "train"]
+
+
 def test_pipeline_refuses_to_run_as_several_ddp_tasks(monkeypatch):
     monkeypatch.setenv("SLURM_NTASKS", "2")
     check_single_process()  # an salloc shell: one process
