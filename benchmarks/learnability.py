@@ -7,8 +7,9 @@ asserts that ``stage=eval`` finds the people. That bar needs a margin measured o
 shorter schedule needs it measured again: this runs the test's two commands (``stage=train`` then ``stage=eval``)
 for each seed, ``--jobs`` at a time with ``OMP_NUM_THREADS=--threads`` each, and prints one JSON line per seed:
 training seconds, first and last epoch loss, their ratio, AP and AP50 on the 16 val images. Extra hydra overrides
-go after the test's (to try another schedule). The test runs with the machine's default thread count, which moves
-the figures a little: the thread count changes the floating-point sums.
+go after the test's (to try another schedule). The test trains on one thread (``OMP_NUM_THREADS=1``, in the
+background while the rest of the suite runs: tests/conftest.py), so ``--threads 1`` gives the test's own figures: the
+thread count changes the floating-point sums.
 """
 
 from __future__ import annotations

@@ -528,15 +528,17 @@ def test_pruned_model_retrains_through_the_cli(tiny_run):
 # (`python -m benchmarks.learnability`).
 @pytest.mark.slow
 @pytest.mark.timeout(3600)  # a safety net only: the run is defined in epochs, and a loaded machine is just slower
-def test_short_schedule_scores_above_zero_through_eval(tmp_path):
+def test_short_schedule_scores_above_zero_through_eval(learnability_training):
+    """The training ran in the background from the session's start (tests/conftest.py, one thread); this test runs
+    last, waits for it, then evaluates."""
     from benchmarks.learnability import LEARNABLE
 
-    common = (*LEARNABLE, f"experiment.root={tmp_path}")
-    run_cli("stage=train", *common, timeout=3000)
-    s = _summary(tmp_path / "default" / "train")
+    root, training = learnability_training
+    training.wait(timeout=3000)
+    s = _summary(root / "default" / "train")
     assert s["metrics"]["train/loss"] < 0.7 * s["metrics"]["train/loss_first_epoch"]  # it learned
-    run_cli("stage=eval", *common)
-    metrics = json.loads((tmp_path / "default" / "eval" / "trained" / "metrics.json").read_text())
+    run_cli("stage=eval", *LEARNABLE, f"experiment.root={root}")
+    metrics = json.loads((root / "default" / "eval" / "trained" / "metrics.json").read_text())
     assert metrics["images"] == 16
     assert metrics["AP50"] > 0.1, metrics
     assert metrics["AP"] > 0.0, metrics
