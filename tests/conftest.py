@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -77,40 +76,45 @@ def pytest_collection_modifyitems(session, config, items):
 
 
 class BackgroundRun:
-    """``python launch.py <overrides>`` started now, waited for later; its output goes to ``log``."""
+    """``python launch.py <overrides>``, started by :meth:`start` (or by :meth:`wait` if not yet); its output goes
+    to ``log``."""
 
     def __init__(self, overrides: list[str], log: Path, env: dict[str, str]):
-        self.overrides, self.log = overrides, log
-        e = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *overrides], cwd=ROOT, env=e,
-                                         stdout=out, stderr=subprocess.STDOUT)
+        self.overrides, self.log, self.env = overrides, log, env
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        if self.proc is None:
+            with open(self.log, "wb") as out:
+                self.proc = subprocess.Popen(
+                    [sys.executable, str(ROOT / "launch.py"), *self.overrides], cwd=ROOT,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env}, stdout=out, stderr=subprocess.STDOUT)
 
     def wait(self, timeout: float) -> None:
-        """Wait for the run; an AssertionError with the log's tail if it failed."""
+        """Wait for the run (starting it if needed); an AssertionError with the log's tail if it failed."""
+        self.start()
         rc = self.proc.wait(timeout=timeout)
         if rc != 0:
             tail = self.log.read_text(errors="replace")[-8000:]
             raise AssertionError(f"launch.py {' '.join(self.overrides)} failed ({rc}):\n{tail}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
 
 
 @pytest.fixture(scope="session", autouse=True)
 def learnability_training(request, posekit_cache, tmp_path_factory):
-    """The learnability test's training, started with the session if that test is selected (else None).
-
-    Yields ``(experiment root, BackgroundRun)``; the run is killed at the session's end if still running."""
-    if not any(item.name == LEARNABILITY_TEST for item in request.session.items):
-        yield None
-        return
+    """The learnability test's training: ``(experiment root, BackgroundRun)``. It starts with the session if that
+    test is selected, except in a pytest-xdist worker, which cannot know whether it will get the test (the test
+    then starts it itself). A run still going at the session's end is killed."""
     from benchmarks.learnability import LEARNABLE
 
     root = tmp_path_factory.mktemp("learnability")
     run = BackgroundRun(["stage=train", *LEARNABLE, f"experiment.root={root}"], root / "train.log",
                         {"OMP_NUM_THREADS": "1"})
+    if "PYTEST_XDIST_WORKER" not in os.environ and any(i.name == LEARNABILITY_TEST for i in request.session.items):
+        run.start()
     yield root, run
     run.stop()
