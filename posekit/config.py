@@ -250,6 +250,9 @@ class TrainConfig:
     # one-GPU runs: tune, load and compile on a copy of the network while the data set is prepared
     # (posekit/train/warmup.py); the first real step then starts at speed
     warmup_device: bool = True
+    # with compile, one GPU: compile in a separate process while training starts eager, then compile in place from
+    # Inductor's on-disk caches at a batch boundary (posekit/train/compile_prefill.py)
+    compile_prefill: bool = False
     monitor: str = "val/AP"  # checkpoint selection; "train/loss" when validation is off
     val_every_n_epochs: int = 5
     val_max_images: Optional[int] = 100

@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 
 from posekit.model import BpNetLite
 from posekit.train import warmup as warmup_mod
-from posekit.train.warmup import DeviceWarmup, autocast_dtype, single_gpu_device, warm_passes
+from posekit.model.warm import autocast_dtype, warm_passes
+from posekit.train.warmup import DeviceWarmup, single_gpu_device
 
 
 def _net() -> BpNetLite:
@@ -102,3 +103,96 @@ def test_the_warmup_sets_cudnn_benchmark_before_its_first_pass(monkeypatch):
     assert seen == [True]
     warm_passes(net, (1, 3, 32, 32), "cpu", passes=1, cudnn_benchmark=None)  # None: left as it is
     assert seen == [True, True]
+
+
+# ------------------------------------------------------------------------ train.compile_prefill (a second process)
+class _Tiny:
+    """A LightningModule around ``_net()`` (its ``net`` is what the prefill compiles), and a callback that stops
+    training a few steps after the prefill's outcome is known, so the test never races the process."""
+
+    @staticmethod
+    def module():
+        import pytorch_lightning as pl
+
+        class Tiny(pl.LightningModule):
+            def __init__(self):
+                super().__init__()
+                self.net = _net()
+
+            def training_step(self, batch, batch_idx):
+                heats, pafs = self.net(batch[0])
+                return sum(t.float().square().mean() for t in heats + pafs)
+
+            def configure_optimizers(self):
+                return torch.optim.SGD(self.parameters(), lr=1e-4)
+
+        return Tiny()
+
+    @staticmethod
+    def fit(module, callback, steps_after: int = 3):
+        import pytorch_lightning as pl
+        from torch.utils.data import DataLoader, TensorDataset
+
+        class StopAfterOutcome(pl.Callback):
+            known_at: int | None = None
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                if self.known_at is None and {"switched_at_step", "stayed_eager"} & callback.record.keys():
+                    self.known_at = trainer.global_step
+                if self.known_at is not None and trainer.global_step >= self.known_at + steps_after:
+                    trainer.should_stop = True
+
+        data = DataLoader(TensorDataset(torch.rand(8, 3, 64, 64)), batch_size=2)
+        trainer = pl.Trainer(accelerator="cpu", max_steps=100_000, max_epochs=-1, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             callbacks=[callback, StopAfterOutcome()])
+        trainer.fit(module, data)
+        return trainer
+
+
+@pytest.mark.slow
+def test_the_prefill_process_compiles_while_training_runs_eager_then_the_net_compiles_in_place(tmp_path):
+    """The second process compiles a copy (dynamo's ``eager`` backend here: the mechanism, not Inductor's caches, which
+    benchmarks/compile_cache.py measures); training runs eager meanwhile and compiles in place at a batch
+    boundary once the process has exited, then trains on."""
+    from posekit.train.compile_prefill import CompileAfterPrefill, CompilePrefill
+
+    module = _Tiny.module()
+    prefill = CompilePrefill(module.net, pruning_history=None, batch_shape=(2, 3, 64, 64), device="cpu",
+                             backend="eager")
+    spec_dir = prefill._dir
+    callback = CompileAfterPrefill(prefill.start())
+    trainer = _Tiny.fit(module, callback)
+    rec = callback.record
+    assert rec["prefill"]["rc"] == 0 and len(rec["prefill"]["seconds"]) == 1, rec
+    assert rec["switched_at_step"] >= 1  # eager steps ran while the process compiled (it takes seconds to start)
+    assert "_compiled_call_impl" in module.net.__dict__  # compiled in place: state-dict keys unchanged
+    assert all(not k.startswith("_orig_mod") for k in module.net.state_dict())
+    assert rec["first_compiled_step_s"] > 0
+    assert trainer.global_step == rec["switched_at_step"] + 3  # it trained on, compiled
+    assert not spec_dir.exists()  # the copy's file and spec are removed
+
+
+def test_a_failed_prefill_leaves_the_run_eager_and_says_so(caplog):
+    import time
+    from types import SimpleNamespace
+
+    from posekit.train.compile_prefill import CompileAfterPrefill, CompilePrefill
+
+    net = _net()
+    # 4-channel images into a 3-channel network: the process fails, as a prefill that cannot compile would
+    prefill = CompilePrefill(net, pruning_history=None, batch_shape=(2, 4, 64, 64), device="cpu", backend="eager")
+    callback = CompileAfterPrefill(prefill.start())
+    trainer, module = SimpleNamespace(global_step=7), SimpleNamespace(net=net)
+    deadline = time.monotonic() + 300
+    while prefill.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    with caplog.at_level("WARNING", logger="posekit.train"):
+        callback.on_train_batch_end(trainer, module, None, None, 7)  # the batch boundary after it exited
+    rec = callback.record
+    assert rec["stayed_eager"] and rec["prefill"]["rc"] != 0, rec
+    assert "channels" in rec["prefill"]["error"]  # the process's own error, passed on
+    assert "training stays eager" in caplog.text
+    assert "_compiled_call_impl" not in net.__dict__
+    callback.on_train_batch_end(trainer, module, None, None, 8)  # decided once: no second look, no compile
+    assert "_compiled_call_impl" not in net.__dict__ and "switched_at_step" not in rec

@@ -31,6 +31,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint, Timer
 
 from posekit.errors import UserError
 from posekit.model.io import read_checkpoint, save_model
+from posekit.model.warm import autocast_dtype
 from posekit.train.callbacks import (
     EpochHistory,
     ProgressLog,
@@ -41,9 +42,10 @@ from posekit.train.callbacks import (
     planned_steps,
     snapshot,
 )
+from posekit.train.compile_prefill import CompileAfterPrefill, CompilePrefill
 from posekit.train.module import PoseModule
 from posekit.train.trainer import build_trainer, resolve_precision, runtime_precision
-from posekit.train.warmup import DeviceWarmup, JoinDeviceWarmup, autocast_dtype, single_gpu_device
+from posekit.train.warmup import DeviceWarmup, JoinDeviceWarmup, single_gpu_device
 
 log = logging.getLogger("posekit.train")
 
@@ -331,10 +333,35 @@ def start_device_warmup(cfg: DictConfig, module: PoseModule, precision: str) -> 
         device=device,
         autocast_dtype=autocast_dtype(precision),
         channels_last=bool(cfg.train.channels_last),
-        compile=bool(cfg.train.compile),
+        compile=bool(cfg.train.compile) and not prefills(cfg),  # the prefill process compiles instead
         seed=int(cfg.seed),
         cudnn_benchmark=cfg.trainer.get("benchmark"),
     ).start()
+
+
+def prefills(cfg: DictConfig) -> bool:
+    """Whether ``train.compile_prefill`` applies: with ``train.compile`` on a one-GPU run."""
+    return bool(cfg.train.compile) and bool(cfg.train.compile_prefill) and single_gpu_device(cfg.trainer) is not None
+
+
+def start_compile_prefill(cfg: DictConfig, module: PoseModule, precision: str) -> CompileAfterPrefill | None:
+    """``train.compile_prefill``: the network is compiled in a separate process while training starts eager, and
+    compiled in place from Inductor's caches when that process is done (posekit/train/compile_prefill.py); None
+    where it does not apply. Undoes the module's own in-place compile, which would compile at the first step."""
+    if not prefills(cfg):
+        return None
+    module.net.__dict__.pop("_compiled_call_impl", None)  # nn.Module.compile()'s mark: the net runs eager for now
+    h, w = (int(v) for v in cfg.model.input_shape)
+    prefill = CompilePrefill(
+        module.net,
+        pruning_history=module.hparams.get("pruning_history"),
+        batch_shape=(int(cfg.data.batch_size), 3, h, w),
+        device=single_gpu_device(cfg.trainer),
+        autocast_dtype=autocast_dtype(precision),
+        channels_last=bool(cfg.train.channels_last),
+        cudnn_benchmark=cfg.trainer.get("benchmark"),
+    ).start()
+    return CompileAfterPrefill(prefill)
 
 
 # --------------------------------------------------------------------------------------------- fit
@@ -379,10 +406,11 @@ def fit(
     module = make_module()
     ckpt_dir = stage_dir / "checkpoints"
     precision = resolve_precision(cfg.trainer)
+    prefill = start_compile_prefill(cfg, module, precision)
     warmup = start_device_warmup(cfg, module, precision)
     cbs = run_callbacks(cfg, val, datamodule, precision, ckpt_dir, startup)
     trainer = build_trainer(cfg, stage_dir, [*cbs.all(), *([JoinDeviceWarmup(warmup)] if warmup else []),
-                                             *extra_callbacks],
+                                             *([prefill] if prefill else []), *extra_callbacks],
                             max_epochs=max_epochs, max_steps=max_steps, max_time=max_time, validate=val.loss)
 
     resume = resume_from(cfg, ckpt_dir, module, on_arch_change)
@@ -406,5 +434,7 @@ def fit(
                                  rank_records)
     if warmup is not None:
         result.figures["device_warmup"] = warmup.record
+    if prefill is not None:
+        result.figures["compile_prefill"] = prefill.record
     result.model_path = export_model(stage_dir, module, source, result, model_meta)
     return result

@@ -29,90 +29,9 @@ import torch
 from torch import nn
 
 from posekit.data.stream import one_process
+from posekit.model.warm import warm_passes
 
 log = logging.getLogger("posekit.train")
-
-
-def _tensors(out: Any) -> list[torch.Tensor]:
-    """Every tensor in a network output (tensors, lists and tuples of them, nested)."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, (list, tuple)):
-        return [t for o in out for t in _tensors(o)]
-    return []
-
-
-def warm_passes(
-    net: nn.Module,
-    batch_shape: tuple[int, int, int, int],
-    device: torch.device | str,
-    *,
-    autocast_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-    compile: bool = False,
-    passes: int = 2,
-    seed: int = 0,
-    copy_net: bool = True,
-    cudnn_benchmark: bool | None = None,
-) -> dict[str, Any]:
-    """Run ``passes`` forward and backward passes of a copy of ``net`` on random uint8 images.
-
-    Args:
-        net: the network as training will run it (its weights are copied, never written).
-        batch_shape: (B, 3, H, W) of a training batch.
-        device: where the copy runs (the training device).
-        autocast_dtype: the autocast dtype of the training step (bf16-mixed: torch.bfloat16), None for fp32.
-        channels_last: the training memory format.
-        compile: ``torch.compile`` the copy as ``train.compile`` compiles the real network.
-        passes: forward + backward passes (the first tunes and compiles; the second checks it is done).
-        seed: the random images' own generator.
-        copy_net: False when ``net`` is already a private copy (:class:`DeviceWarmup` takes it in the caller's
-            thread); it is then moved and its gradients filled.
-        cudnn_benchmark: ``trainer.benchmark``, set here before the first pass (None: left as it is). The Trainer
-            sets the same flag when it is built, but the thread may reach its first convolution before that, and
-            a pass without it would tune nothing.
-
-    Returns:
-        ``{"passes", "seconds": [per pass], "device"}``.
-    """
-    from posekit.data.images import normalize_tensor
-
-    device = torch.device(device)
-    if cudnn_benchmark is not None:
-        torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
-    work = copy.deepcopy(net) if copy_net else net
-    work.__dict__.pop("_compiled_call_impl", None)  # nn.Module.compile() of the original: the copy compiles its own
-    work.to(device)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    work.to(memory_format=memory_format)
-    work.train()
-    if compile:
-        work.compile()
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    images = torch.randint(0, 256, batch_shape, generator=gen, dtype=torch.uint8).to(device)
-    seconds = []
-    for _ in range(passes):
-        t = time.perf_counter()
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            out = work(normalize_tensor(images).contiguous(memory_format=memory_format))
-            loss = sum(o.float().square().mean() for o in _tensors(out))
-        loss.backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds.append(round(time.perf_counter() - t, 3))
-    del work, images, out, loss
-    if device.type == "cuda":
-        torch.cuda.empty_cache()  # hand the copy's memory back before training allocates its own
-    return {"passes": passes, "seconds": seconds, "device": str(device)}
-
-
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    """The autocast dtype of a Lightning precision string (``bf16-mixed`` -> bfloat16, ``16-mixed`` -> float16)."""
-    if precision.startswith("bf16"):
-        return torch.bfloat16
-    if precision.startswith("16"):
-        return torch.float16
-    return None
 
 
 class DeviceWarmup:
