@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -25,16 +24,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def one_process(spec: Path, cache: Path) -> dict:
@@ -63,10 +52,11 @@ def main() -> None:
 
     from posekit.model import BpNetLite
     from posekit.model.io import save_model
+    from posekit.runtime.host import cpu_name
     from posekit.skeleton import Skeleton
 
     sk = Skeleton.default()
-    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__}
+    machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__}
     if args.device.startswith("cuda"):
         machine["gpu"] = torch.cuda.get_device_name(0)
     with tempfile.TemporaryDirectory(prefix="posekit-compile-cache-") as tmp:

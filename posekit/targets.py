@@ -32,7 +32,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from posekit import io
-from posekit.chain import BENCH_SECTIONS, EVAL_SECTIONS, Outcome, Step, StepRunner, derive, digest, fingerprint
+from posekit.chain import (BENCH_SECTIONS, EVAL_SECTIONS, Outcome, Step, StepRunner, derive, digest, fingerprint,
+                           rebuilt_sidecar)
 from posekit.export.artifacts import Artifact
 
 log = logging.getLogger("posekit.targets")
@@ -263,8 +264,9 @@ def bench_deferred(outputs: Path, name: str, stage_runner: Callable[[str, DictCo
             log.info("%s: %s is not here; rebuilding its network with random weights", outputs.name, e["artifact"])
             rb.rebuild(cfg, e["rebuild"], path)  # a model file shared by several points is rebuilt once
         marker = rebuilt_marker(outputs, name, e["precision"])
-        if rb.sidecar(path).is_file():
-            io.write_json(marker, {"artifact": e["artifact"], **io.read_json(rb.sidecar(path))})
+        sidecar = rebuilt_sidecar(path)
+        if sidecar.is_file():
+            io.write_json(marker, {"artifact": e["artifact"], **io.read_json(sidecar)})
         else:
             marker.unlink(missing_ok=True)
         if not path.is_file():

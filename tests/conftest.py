@@ -42,14 +42,19 @@ def compose(*overrides: str):
     return compose_config(overrides)
 
 
+def cli_command(overrides, env: dict | None = None) -> tuple[list[str], dict[str, str]]:
+    """``python launch.py <overrides>`` and its environment (this one's, unbuffered, plus ``env``)."""
+    e = {**os.environ, **(env or {})}
+    e.setdefault("PYTHONUNBUFFERED", "1")
+    return [sys.executable, str(ROOT / "launch.py"), *overrides], e
+
+
 def run_cli(*overrides: str, cwd: Path | None = None, check: bool = True, timeout: float = 600,
             env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``python launch.py <overrides>`` in a subprocess; returns the completed process (text output)."""
-    e = dict(os.environ)
-    e.update(env or {})
-    e.setdefault("PYTHONUNBUFFERED", "1")
+    cmd, e = cli_command(overrides, env)
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "launch.py"), *overrides],
+        cmd,
         cwd=cwd or ROOT,
         env=e,
         capture_output=True,
@@ -85,10 +90,9 @@ class BackgroundRun:
 
     def start(self) -> None:
         if self.proc is None:
+            cmd, env = cli_command(self.overrides, self.env)
             with open(self.log, "wb") as out:
-                self.proc = subprocess.Popen(
-                    [sys.executable, str(ROOT / "launch.py"), *self.overrides], cwd=ROOT,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env}, stdout=out, stderr=subprocess.STDOUT)
+                self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
     def wait(self, timeout: float) -> None:
         """Wait for the run (starting it if needed); an AssertionError with the log's tail if it failed."""

@@ -22,6 +22,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from posekit import io
+from posekit.chain import rebuilt_sidecar
 from posekit.sweep.report import SweepReportCallback, collect, label, main, pareto_front, write_report
 from tests.conftest import ROOT, compose, run_cli
 
@@ -480,7 +481,7 @@ def test_a_deferred_gpu_entry_is_timed_on_a_rebuilt_model_without_end_to_end(al_
     io.write_json(copy / "pipeline" / "summary.json", summary)
     assert not (copy / gpu["artifact"]).exists()  # ../shared did not come with the copy
     done = bench_deferred(copy, "gpu", run_stage_step, rebuild=True)
-    assert [e["status"] for e in done] == ["ok"] and rebuild.sidecar(copy / gpu["artifact"]).is_file()
+    assert [e["status"] for e in done] == ["ok"] and rebuilt_sidecar(copy / gpu["artifact"]).is_file()
     rows = io.read_json(copy / "targets" / "gpu" / "fp32" / "bench" / "bench.json")["rows"]
     assert sorted(r["batch"] for r in rows) == [1, 4] and all("end_to_end" not in r for r in rows)
     assert all(r["network"]["median_ms"] > 0 for r in rows)
@@ -502,7 +503,7 @@ def test_a_rebuilt_model_file_has_the_pruned_models_parameter_shapes(al_sweep, t
     (net, info), (orig, orig_info) = load_model(out), load_model(model)
     assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in orig.state_dict().items()}
     assert info["meta"]["rebuilt"] is True and info["meta"]["skeleton"] == orig_info["meta"]["skeleton"]
-    assert io.read_json(rebuild.sidecar(out))["weights"] == "random"
+    assert io.read_json(rebuilt_sidecar(out))["weights"] == "random"
     # a step record that lists the rebuilt file is not done: a relaunch trains again instead of evaluating it
     from posekit.chain import is_done
 

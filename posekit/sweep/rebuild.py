@@ -63,13 +63,9 @@ def record(path: str | os.PathLike, model_path: str | os.PathLike) -> dict[str, 
     return rec
 
 
-# ``<file>.rebuilt.json``: present when the file is a rebuild; the step chain knows it too (a relaunch replaces it)
-sidecar = rebuilt_sidecar
-
-
 def rebuild(cfg: DictConfig, rec: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Re-make the file at ``path`` from ``rec`` (:func:`record`) with random weights, atomically, and mark it
-    (:func:`sidecar`); ``cfg`` is the point's config (export settings)."""
+    (:func:`posekit.chain.rebuilt_sidecar`); ``cfg`` is the point's config (export settings)."""
     from posekit import io
 
     path = Path(path)
@@ -77,7 +73,7 @@ def rebuild(cfg: DictConfig, rec: Mapping[str, Any], path: str | os.PathLike) ->
         rebuild_model(rec, path)
     else:
         rebuild_onnx(cfg, rec, path)
-    io.write_json(sidecar(path), {"weights": "random", "record": dict(rec),
+    io.write_json(rebuilt_sidecar(path), {"weights": "random", "record": dict(rec),
                                   "why": "the original was not on this machine; latency depends on the graph, not "
                                          "on the weights (posekit/sweep/rebuild.py)"})
     return path

@@ -320,9 +320,9 @@ def export_model(
 
 
 # --------------------------------------------------------------------------------------------- device warm-up
-def start_device_warmup(cfg: DictConfig, module: PoseModule, precision: str) -> DeviceWarmup | None:
-    """``train.warmup_device`` on a one-GPU run: tune and load (and with ``train.compile``, compile) on a copy of
-    the network while the data module waits for its data (posekit/train/warmup.py); None where it does not apply."""
+def start_device_warmup(cfg: DictConfig, module: PoseModule, precision: str, compile: bool) -> DeviceWarmup | None:
+    """``train.warmup_device`` on a one-GPU run: tune and load (and with ``compile``, compile) on a copy of the
+    network while the data module waits for its data (posekit/train/warmup.py); None where it does not apply."""
     device = single_gpu_device(cfg.trainer) if bool(cfg.train.warmup_device) else None
     if device is None:
         return None
@@ -333,22 +333,19 @@ def start_device_warmup(cfg: DictConfig, module: PoseModule, precision: str) -> 
         device=device,
         autocast_dtype=autocast_dtype(precision),
         channels_last=bool(cfg.train.channels_last),
-        compile=bool(cfg.train.compile) and not prefills(cfg),  # the prefill process compiles instead
+        compile=compile,
         seed=int(cfg.seed),
         cudnn_benchmark=cfg.trainer.get("benchmark"),
     ).start()
 
 
-def prefills(cfg: DictConfig) -> bool:
-    """Whether ``train.compile_prefill`` applies: with ``train.compile`` on a one-GPU run."""
-    return bool(cfg.train.compile) and bool(cfg.train.compile_prefill) and single_gpu_device(cfg.trainer) is not None
-
-
 def start_compile_prefill(cfg: DictConfig, module: PoseModule, precision: str) -> CompileAfterPrefill | None:
     """``train.compile_prefill``: the network is compiled in a separate process while training starts eager, and
     compiled in place from Inductor's caches when that process is done (posekit/train/compile_prefill.py); None
-    where it does not apply. Undoes the module's own in-place compile, which would compile at the first step."""
-    if not prefills(cfg):
+    where it does not apply (it needs ``train.compile`` and one GPU). Undoes the module's own in-place compile, which
+    would compile at the first step."""
+    device = single_gpu_device(cfg.trainer) if cfg.train.compile and cfg.train.compile_prefill else None
+    if device is None:
         return None
     module.net.__dict__.pop("_compiled_call_impl", None)  # nn.Module.compile()'s mark: the net runs eager for now
     h, w = (int(v) for v in cfg.model.input_shape)
@@ -356,7 +353,7 @@ def start_compile_prefill(cfg: DictConfig, module: PoseModule, precision: str) -
         module.net,
         pruning_history=module.hparams.get("pruning_history"),
         batch_shape=(int(cfg.data.batch_size), 3, h, w),
-        device=single_gpu_device(cfg.trainer),
+        device=device,
         autocast_dtype=autocast_dtype(precision),
         channels_last=bool(cfg.train.channels_last),
         cudnn_benchmark=cfg.trainer.get("benchmark"),
@@ -407,7 +404,8 @@ def fit(
     ckpt_dir = stage_dir / "checkpoints"
     precision = resolve_precision(cfg.trainer)
     prefill = start_compile_prefill(cfg, module, precision)
-    warmup = start_device_warmup(cfg, module, precision)
+    # the warm-up compiles the copy unless the prefill process does
+    warmup = start_device_warmup(cfg, module, precision, compile=bool(cfg.train.compile) and prefill is None)
     cbs = run_callbacks(cfg, val, datamodule, precision, ckpt_dir, startup)
     trainer = build_trainer(cfg, stage_dir, [*cbs.all(), *([JoinDeviceWarmup(warmup)] if warmup else []),
                                              *([prefill] if prefill else []), *extra_callbacks],
