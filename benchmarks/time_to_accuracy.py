@@ -53,6 +53,16 @@ STARTUP_PARTS = ("launch_s", "data_s", "index_s", "trainer_s", "first_batch_s", 
 
 
 # ============================================================================================== the run
+def with_snapshots(overrides: list[str]) -> str:
+    """``+callbacks=[weight_snapshots,...]``: the snapshots beside the callbacks the overrides ask for (``+callbacks=
+    ema`` or ``+callbacks=[ema,lr_monitor]``); Hydra takes one ``+callbacks=`` override."""
+    names = ["weight_snapshots"]
+    for o in overrides:
+        if o.startswith("+callbacks="):
+            names += [n.strip() for n in o.split("=", 1)[1].strip("[]").split(",") if n.strip()]
+    return f"+callbacks=[{','.join(dict.fromkeys(names))}]"
+
+
 def launch_train(run_dir: Path, preset: str, seed: int, every: int, overrides: list[str], cold: bool,
                  shared_cache: Path) -> dict[str, Any]:
     """``launch.py stage=train`` in a subprocess, timed from just before it starts to just after it exits."""
@@ -62,7 +72,8 @@ def launch_train(run_dir: Path, preset: str, seed: int, every: int, overrides: l
         env.update(TORCHINDUCTOR_CACHE_DIR=str(run_dir / "inductor"), TRITON_CACHE_DIR=str(run_dir / "triton"))
     cmd = [sys.executable, str(ROOT / "launch.py"), "stage=train", f"preset={preset}", f"seed={seed}",
            f"experiment.root={run_dir}", "experiment.name=tta", "train.resume=false",
-           "+callbacks=weight_snapshots", f"callbacks.weight_snapshots.every_n_steps={every}", *overrides]
+           with_snapshots(overrides), f"callbacks.weight_snapshots.every_n_steps={every}",
+           *(o for o in overrides if not o.startswith("+callbacks="))]
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "train.log", "w") as log:
         t_cmd = time.time()

@@ -148,6 +148,15 @@ def test_unknown_keys_are_refused_with_a_suggestion(tmp_path):
         validate(compose("+data.batchsize=2"))
 
 
+def test_several_options_of_one_group_are_checked_one_by_one():
+    from posekit.errors import UserError
+    from posekit.schema import check_overrides
+
+    check_overrides(["+callbacks=[ema,weight_snapshots]", "+callbacks=lr_monitor"])  # every option exists
+    with pytest.raises(UserError, match="callbacks has no option 'emma'.*Did you mean callbacks=ema"):
+        check_overrides(["+callbacks=[emma,weight_snapshots]"])
+
+
 # --------------------------------------------------------------------------------------------- row 3: one writer
 def test_a_second_run_of_a_stage_stops_at_once_and_a_killed_holders_lock_is_taken_over(tmp_path):
     args = ["preset=tiny", f"experiment.root={tmp_path}", "trainer.max_epochs=4", "trainer.limit_train_batches=6"]
