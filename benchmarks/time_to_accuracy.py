@@ -54,8 +54,8 @@ STARTUP_PARTS = ("launch_s", "data_s", "index_s", "trainer_s", "first_batch_s", 
 
 # ============================================================================================== the run
 def with_snapshots(overrides: list[str]) -> str:
-    """``+callbacks=[weight_snapshots,...]``: the snapshots beside the callbacks the overrides ask for (``+callbacks=
-    ema`` or ``+callbacks=[ema,lr_monitor]``); Hydra takes one ``+callbacks=`` override."""
+    """``+callbacks=[weight_snapshots,...]``: the snapshots beside the callbacks the overrides ask for
+    (``+callbacks=lr_monitor`` or ``+callbacks=[lr_monitor,...]``); Hydra takes one ``+callbacks=`` override."""
     names = ["weight_snapshots"]
     for o in overrides:
         if o.startswith("+callbacks="):

@@ -152,9 +152,9 @@ def test_several_options_of_one_group_are_checked_one_by_one():
     from posekit.errors import UserError
     from posekit.schema import check_overrides
 
-    check_overrides(["+callbacks=[ema,weight_snapshots]", "+callbacks=lr_monitor"])  # every option exists
-    with pytest.raises(UserError, match="callbacks has no option 'emma'.*Did you mean callbacks=ema"):
-        check_overrides(["+callbacks=[emma,weight_snapshots]"])
+    check_overrides(["+callbacks=[lr_monitor,weight_snapshots]", "+callbacks=lr_monitor"])  # every option exists
+    with pytest.raises(UserError, match="callbacks has no option 'lr_monitr'.*Did you mean callbacks=lr_monitor"):
+        check_overrides(["+callbacks=[lr_monitr,weight_snapshots]"])
 
 
 # --------------------------------------------------------------------------------------------- row 3: one writer

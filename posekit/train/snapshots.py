@@ -85,13 +85,12 @@ class WeightSnapshots(Callback):
 
     # ------------------------------------------------------------------ files
     def save(self, pl_module: pl.LightningModule, step: int) -> None:
-        """``step-NNNNNNN.pt`` of the network the run would write as model.pt (the live one, or the weight average
-        with ``+callbacks=ema``), after its step's kernels finish, and a line in the record."""
+        """``step-NNNNNNN.pt`` of the live network (after its step's kernels finish) and a line in the record."""
         from posekit.model.io import save_model
 
         _sync(pl_module.device)
         ended = time.time()
-        save_model(self.folder / f"step-{step:07d}.pt", averaged_net(pl_module.trainer) or pl_module.net,
+        save_model(self.folder / f"step-{step:07d}.pt", pl_module.net,
                    pruning_history=pl_module.hparams.get("pruning_history"), step=step)
         self.snapshots.append({"step": step, "time": ended, "save_s": time.time() - ended})
         self.write()
@@ -107,20 +106,6 @@ class WeightSnapshots(Callback):
             "snapshots": list(self.snapshots),
             "snapshot_s": sum(s["save_s"] for s in self.snapshots),
         })
-
-
-def averaged_net(trainer: pl.Trainer) -> torch.nn.Module | None:
-    """The weight-averaged network of the run's ``WeightAveraging`` callback (``+callbacks=ema``), if it has one.
-
-    Checkpoints, validation and model.pt use that average (Lightning swaps it in), so a snapshot that stands for
-    "the model at this step" must too. Lightning keeps the ``AveragedModel`` in a private attribute; without it (an
-    older or newer Lightning) this returns None and the snapshot holds the live weights."""
-    from pytorch_lightning.callbacks import WeightAveraging
-
-    for cb in trainer.callbacks:
-        if isinstance(cb, WeightAveraging) and getattr(cb, "_average_model", None) is not None:
-            return cb._average_model.module.net
-    return None
 
 
 def _sync(device: torch.device) -> None:
