@@ -151,7 +151,7 @@ def _values(override: Any) -> list[str] | None:
         except Exception:  # range/interval sweeps: not option names
             return None
     value = override.value()
-    if isinstance(value, list):  # several options of one group at once: +callbacks=[ema,weight_snapshots]
+    if isinstance(value, list):  # several options of one group at once: +callbacks=[lr_monitor,weight_snapshots]
         return [str(v) for v in value]
     return None if value is None else [str(value)]
 
