@@ -7,6 +7,9 @@
 #                                                # new session (setsid): AP of both targets now, latency deferred.
 #                                                # Records of earlier leases carried in experiments/sweeps/
 #                                                # accuracy_latency (their map.tgz unpacked) join the sweep
+#   TIME_GPU=1 bash benchmarks/gpu_map.sh detach 2   # the same, then the deferred gpu target on the idle card
+#                                                # (time-gpu below) before MAP_DONE: one stage count per lease,
+#                                                # timed on its own trained weights
 #   bash benchmarks/gpu_map.sh poll N            # wait up to N s for it; progress; pack the records: $OUT/map.tgz
 #   bash benchmarks/gpu_map.sh time-gpu          # the deferred gpu target, one entry at a time on the idle card;
 #                                                # models that are not here (an earlier lease's) are rebuilt with
@@ -44,6 +47,8 @@ case "${1:-}" in
         hydra.launcher.n_jobs=${JOBS:-4} data.num_workers=${WORKERS:-6} \
         pipeline.targets.gpu.device=${GPU_DEVICE:-cuda} pipeline.targets.gpu.defer=true \
         pipeline.targets.cpu.defer=true export.cpu_reduce_range=true ${EXTRA:-};
+      if [ -n '${TIME_GPU:-}' ]; then
+        python3 -m posekit.sweep.report $SWEEP --bench gpu --rebuild > experiments/map-time-gpu.log 2>&1; fi
       touch experiments/MAP_DONE" > experiments/map-sweep.log 2>&1 < /dev/null &
     sleep 2; echo "detached in $SNAP: accuracy_latency ${stages:-all stage counts}"; exit 0 ;;
   poll)
@@ -52,6 +57,7 @@ case "${1:-}" in
     while [ ! -e "$SNAP/experiments/MAP_DONE" ] && [ "$(date +%s)" -lt "$end" ]; do sleep 15; done
     grep -E ": running|Error|error:|sweep report" "$SNAP/experiments/map-sweep.log" | tail -20 | cut -c1-300
     echo "points with a summary: $(ls "$SNAP/$SWEEP"/*/pipeline/summary.json 2>/dev/null | grep -vc /shared/)"
+    [ -e "$SNAP/experiments/map-time-gpu.log" ] && tail -3 "$SNAP/experiments/map-time-gpu.log" | cut -c1-300
     [ -e "$SNAP/experiments/MAP_DONE" ] && echo MAP_DONE
     pack; exit 0 ;;
   time-gpu)

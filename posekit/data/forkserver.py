@@ -31,9 +31,21 @@ def context() -> BaseContext:
     """The forkserver context with every module asked for so far preloaded (where the platform has a forkserver,
     Linux; else spawn, which has no server to preload)."""
     if "forkserver" not in mp.get_all_start_methods():
-        return mp.get_context("spawn")
+        return _usable_by_children(mp.get_context("spawn"))
     mp.set_forkserver_preload(list(_wanted))
-    return mp.get_context("forkserver")
+    return _usable_by_children(mp.get_context("forkserver"))
+
+
+def _usable_by_children(ctx: BaseContext) -> BaseContext:
+    """Make ``ctx``'s start method the process's global one when the global one is not multiprocessing's own.
+
+    A spawned or forkserver child sets the parent's global start method before it runs anything. Inside a joblib
+    loky worker (``hydra/launcher=parallel`` runs sweep points there) that method is ``loky``, which the child's
+    multiprocessing does not know: every loader worker and generator process would die at start ("cannot find
+    context for 'loky'")."""
+    if mp.get_start_method(allow_none=True) not in (None, *mp.get_all_start_methods()):
+        mp.set_start_method(ctx.get_start_method(), force=True)
+    return ctx
 
 
 def only(*modules: str) -> None:
