@@ -51,7 +51,7 @@ def main() -> None:
     import torch
 
     from posekit.model import BpNetLite
-    from posekit.model.io import save_model
+    from posekit.model.warm import write_spec
     from posekit.runtime.host import cpu_name
     from posekit.skeleton import Skeleton
 
@@ -62,13 +62,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="posekit-compile-cache-") as tmp:
         tmp = Path(tmp)
         net = BpNetLite(stages=args.stages, num_heatmaps=sk.num_heatmaps, num_pafs=sk.num_pafs, width=args.width)
-        model = save_model(tmp / "model.pt", net)
-        spec = tmp / "spec.json"
-        spec.write_text(json.dumps({
-            "model": str(model), "batch_shape": [args.batch, 3, *args.shape], "device": args.device,
-            "autocast_dtype": None if args.autocast == "none" else args.autocast,
-            "channels_last": args.channels_last, "backend": "inductor", "cudnn_benchmark": True,
-        }))
+        spec = write_spec(tmp, net, pruning_history=None, batch_shape=(args.batch, 3, *args.shape),
+                          device=args.device,
+                          autocast_dtype=None if args.autocast == "none" else getattr(torch, args.autocast),
+                          channels_last=args.channels_last, backend="inductor", cudnn_benchmark=True)
         for r in range(args.repeats):
             cache = tmp / f"inductor-{r}"
             cold = one_process(spec, cache)

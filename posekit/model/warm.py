@@ -17,6 +17,29 @@ import torch
 from torch import nn
 
 
+def uncompiled(net: nn.Module) -> nn.Module:
+    """``net`` without ``nn.Module.compile()``'s mark, so it runs eager (in place; returns it). A deep copy shares the
+    original's compiled call, which would run the original's forward: a copy must drop it and compile its own."""
+    net.__dict__.pop("_compiled_call_impl", None)
+    return net
+
+
+def write_spec(folder: Path, net: nn.Module, *, pruning_history: list | None, batch_shape: tuple[int, ...],
+               device: torch.device | str, autocast_dtype: torch.dtype | None, channels_last: bool, backend: str,
+               cudnn_benchmark: bool | None) -> Path:
+    """Write ``net`` (a posekit model file) and the spec :func:`main` reads into ``folder``; returns the spec's path."""
+    from posekit.model.io import save_model
+
+    model = save_model(folder / "model.pt", net, pruning_history=pruning_history)
+    spec = folder / "spec.json"
+    spec.write_text(json.dumps({
+        "model": str(model), "batch_shape": list(batch_shape), "device": str(device),
+        "autocast_dtype": str(autocast_dtype).removeprefix("torch.") if autocast_dtype is not None else None,
+        "channels_last": bool(channels_last), "backend": backend, "cudnn_benchmark": cudnn_benchmark,
+    }))
+    return spec
+
+
 def tensors(out: Any) -> list[torch.Tensor]:
     """Every tensor in a network output (tensors, lists and tuples of them, nested)."""
     if isinstance(out, torch.Tensor):
@@ -66,8 +89,7 @@ def warm_passes(
     device = torch.device(device)
     if cudnn_benchmark is not None:
         torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
-    work = copy.deepcopy(net) if copy_net else net
-    work.__dict__.pop("_compiled_call_impl", None)  # nn.Module.compile() of the original: the copy compiles its own
+    work = uncompiled(copy.deepcopy(net) if copy_net else net)  # the copy compiles its own (below)
     work.to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     work.to(memory_format=memory_format)

@@ -66,17 +66,13 @@ class CompilePrefill:
         backend: str = "inductor",
         cudnn_benchmark: bool | None = None,
     ) -> None:
-        from posekit.model.io import save_model
+        from posekit.model.warm import write_spec
 
         self.backend = backend
         self._dir = Path(tempfile.mkdtemp(prefix="posekit-compile-prefill-"))
-        model = save_model(self._dir / "model.pt", net, pruning_history=pruning_history)
-        self._spec = self._dir / "spec.json"
-        self._spec.write_text(json.dumps({
-            "model": str(model), "batch_shape": list(batch_shape), "device": str(device),
-            "autocast_dtype": str(autocast_dtype).removeprefix("torch.") if autocast_dtype is not None else None,
-            "channels_last": bool(channels_last), "backend": backend, "cudnn_benchmark": cudnn_benchmark,
-        }))
+        self._spec = write_spec(self._dir, net, pruning_history=pruning_history, batch_shape=batch_shape,
+                                device=device, autocast_dtype=autocast_dtype, channels_last=channels_last,
+                                backend=backend, cudnn_benchmark=cudnn_benchmark)
         self._proc: subprocess.Popen | None = None
         self.record: dict[str, Any] | None = None
 

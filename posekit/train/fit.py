@@ -31,7 +31,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint, Timer
 
 from posekit.errors import UserError
 from posekit.model.io import read_checkpoint, save_model
-from posekit.model.warm import autocast_dtype
+from posekit.model.warm import autocast_dtype, uncompiled
 from posekit.train.callbacks import (
     EpochHistory,
     ProgressLog,
@@ -347,7 +347,7 @@ def start_compile_prefill(cfg: DictConfig, module: PoseModule, precision: str) -
     device = single_gpu_device(cfg.trainer) if cfg.train.compile and cfg.train.compile_prefill else None
     if device is None:
         return None
-    module.net.__dict__.pop("_compiled_call_impl", None)  # nn.Module.compile()'s mark: the net runs eager for now
+    uncompiled(module.net)  # the net runs eager for now
     h, w = (int(v) for v in cfg.model.input_shape)
     prefill = CompilePrefill(
         module.net,

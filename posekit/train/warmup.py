@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from posekit.data.stream import one_process
-from posekit.model.warm import warm_passes
+from posekit.model.warm import uncompiled, warm_passes
 
 log = logging.getLogger("posekit.train")
 
@@ -39,8 +39,7 @@ class DeviceWarmup:
 
     def __init__(self, net: nn.Module, **kwargs: Any) -> None:
         # the copy is taken now, in the caller's thread, before training moves the weights to the device
-        self._net = copy.deepcopy(net)
-        self._net.__dict__.pop("_compiled_call_impl", None)  # shared with the original by deepcopy: drop it
+        self._net = uncompiled(copy.deepcopy(net))
         self._kwargs = kwargs
         self.record: dict[str, Any] = {}
         self._thread = threading.Thread(target=self._run, name="posekit-device-warmup", daemon=True)
