@@ -58,6 +58,13 @@ class Plan:
 
 
 # --------------------------------------------------------------------------------------------- what runs
+def configured(cfg: DictConfig) -> dict[str, DictConfig]:
+    """The run's latency targets by name, in name order; a target set to null (``pipeline.targets.gpu=null``)
+    is dropped: a sweep config that composes another can leave out one of its targets."""
+    targets = cfg.pipeline.get("targets") or {}
+    return {name: targets[name] for name in sorted(targets) if targets[name] is not None}
+
+
 def unsupported(name: str, target: DictConfig, precision: str) -> str | None:
     """Why target ``name`` does not measure ``precision`` (an ``n/a`` entry), or None when it does."""
     if precision in target.precisions:
@@ -251,11 +258,11 @@ def bench_deferred(outputs: Path, name: str, stage_runner: Callable[[str, DictCo
     if not todo:
         return []
     cfg = point_config(outputs)
-    if name not in cfg.pipeline.targets:
+    if name not in configured(cfg):
         raise UserError(f"{outputs}: its config has no pipeline.targets.{name}")
     from posekit.sweep import rebuild as rb
 
-    target = derive(cfg.pipeline.targets[name], {"defer": False})
+    target = derive(configured(cfg)[name], {"defer": False})
     runner = StepRunner(stage_runner, force=force)
     done = []
     for e in todo:

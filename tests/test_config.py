@@ -77,6 +77,8 @@ def test_validation_names_key_and_allowed_values(override, key, allowed):
         (["+sweep=accuracy_latency", "pipeline.targets.cpu.batch_sizes=[0]"], "pipeline.targets.cpu.batch_sizes",
          ">= 1"),
         (["stage=pipeline", "pipeline.steps=[train,targets]"], "pipeline.targets", "gpu and cpu"),
+        (["+sweep=accuracy_latency", "pipeline.targets.gpu=null", "pipeline.targets.cpu=null"], "pipeline.targets",
+         "gpu and cpu"),
         (["stage=pipeline", "pipeline.steps=[train,pipeline]"], "pipeline.steps", "targets"),
     ],
 )

@@ -414,6 +414,15 @@ def test_targets_evaluate_and_time_what_each_target_runs_at_the_points_precision
         assert summary_of(cfg)["status"] == "ok"
 
 
+def test_a_target_set_to_null_is_dropped_from_the_run(tmp_path):
+    cfg = sweep_point_cfg(tmp_path, "precision=fp32", "pipeline.targets.gpu=null")
+    fake = FakeStages()
+    run_pipeline(cfg, fake)
+    assert [e["target"] for e in summary_of(cfg)["targets"]] == ["cpu"]  # no gpu entry, not even n/a
+    root = Experiment(cfg).root
+    assert not (root / "targets" / "gpu").exists() and (root / "targets" / "cpu" / "fp32" / "bench").is_dir()
+
+
 def test_a_deferred_target_is_evaluated_now_and_timed_later_from_the_files(tmp_path):
     from posekit.targets import bench_deferred
 

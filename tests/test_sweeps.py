@@ -74,6 +74,24 @@ def test_the_sweeps_named_in_the_issue_sweep_what_they_say():
     assert len(params("tiny")) == 2 and all(len(v) == 2 for v in params("tiny").values())
 
 
+def test_the_cpu_map_is_the_map_on_the_readme_model_with_the_cpu_target_alone():
+    from posekit.targets import configured
+    from posekit.validation import validate
+
+    grid = {k: str(v).split(",") for k, v in
+            OmegaConf.load(ROOT / "sweeps" / "sweep" / "accuracy_latency_cpu.yaml").hydra.sweeper.params.items()}
+    assert grid == {"precision": ["fp32", "int8"], "resolution": ["128x128", "160x160", "256x256"],
+                    "prune.pth": ["0", "0.2", "0.5"], "model.stages": ["2", "3", "4"]}
+    cfg = compose("+sweep=accuracy_latency_cpu")
+    validate(cfg)
+    targets = configured(cfg)
+    assert list(targets) == ["cpu"] and targets["cpu"].defer and targets["cpu"].backend == "onnxruntime"
+    assert (cfg.model.width, list(cfg.sweep.train_shape), cfg.trainer.max_steps) == (0.25, [128, 128], 1440)
+    assert list(cfg.pipeline.steps) == ["train", "prune", "retrain", "export", "targets"]
+    launcher = _launcher("+sweep=accuracy_latency_cpu")
+    assert launcher["_target_"].endswith("JoblibLauncher") and launcher["n_jobs"] == 2
+
+
 def _launcher(*overrides: str) -> dict:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir

@@ -299,8 +299,7 @@ class Pipeline:
         exported = [e.artifact for e in self.artifacts.values() if e.kind == "export"]
         model = self.model.artifact if self.model is not None else None
         outputs = self.layout.outputs
-        for name in sorted(self.cfg.pipeline.targets):
-            target = self.cfg.pipeline.targets[name]
+        for name, target in tg.configured(self.cfg).items():
             for prec in self._precisions():
                 why = tg.unsupported(name, target, prec)
                 if why is not None:
