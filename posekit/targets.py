@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,6 +139,31 @@ def bench_json(outputs: Path, name: str, precision: str) -> Path:
     return outputs / "targets" / name / precision / "bench" / "bench.json"
 
 
+def round_json(outputs: Path, name: str, precision: str, k: int) -> Path:
+    """Round ``k``'s copy of :func:`bench_json` while an entry is timed in several rounds (:func:`keep_median_round`)."""
+    return bench_json(outputs, name, precision).with_name(f"bench.round{k}.json")
+
+
+def keep_median_round(outputs: Path, name: str, precision: str, rounds: int) -> dict[str, Any] | None:
+    """Make the entry's ``bench.json`` the round whose network latency is the median of its rounds (the lower one
+    of the middle two for an even count), with every round's latency under ``rounds``; removes the round copies.
+    A median of sittings taken apart in time, not of one sitting's calls: on the 2-core VM the calls of one sitting
+    agree within about 10%, but one sitting's median landed at 0.6x to 1.7x the median of five (docs/sweeps.md).
+    Returns the ``rounds`` record, or None when no round of the entry was timed."""
+    files = [round_json(outputs, name, precision, k) for k in range(rounds)]
+    timed = [(k, io.read_json(f)) for k, f in enumerate(files) if f.is_file()]
+    timed = [(k, b) for k, b in timed if timing(b).get("latency_ms") is not None]
+    if not timed:
+        return None
+    by_latency = sorted(timed, key=lambda kb: timing(kb[1])["latency_ms"])
+    chosen, bench = by_latency[(len(by_latency) - 1) // 2]
+    record = {"latency_ms": [timing(b)["latency_ms"] for _, b in timed], "chosen": chosen}  # in round order
+    io.write_json(bench_json(outputs, name, precision), {**bench, "rounds": record})
+    for f in files:
+        f.unlink(missing_ok=True)
+    return record
+
+
 # --------------------------------------------------------------------------------------------- results
 def machine_label(machine: Mapping[str, Any], device: str) -> str:
     """``NVIDIA H200`` for a CUDA device, else ``<CPU model> (<n> CPUs)``: the hardware a latency came from."""
@@ -158,6 +183,7 @@ def timing(bench: Mapping[str, Any]) -> dict[str, Any]:
     device = str(first.get("device", "cpu"))
     return {
         "latency_ms": (first.get("network") or {}).get("median_ms"),
+        "latency_rounds": (bench.get("rounds") or {}).get("latency_ms"),  # each round's, when timed in rounds
         "latency_batch": int(first.get("batch", 1)),
         "e2e_ms": (first.get("end_to_end") or {}).get("median_ms"),
         "throughput": (last.get("network") or {}).get("throughput_ips"),
@@ -242,19 +268,20 @@ def rebuilt_marker(outputs: Path, name: str, precision: str) -> Path:
 
 
 def bench_deferred(outputs: Path, name: str, stage_runner: Callable[[str, DictConfig], dict], *,
-                   force: bool = False, rebuild: bool = False) -> list[dict[str, Any]]:
+                   force: bool = False, rebuild: bool = False, only: Sequence[str] | None = None
+                   ) -> list[dict[str, Any]]:
     """Time the entries of target ``name`` that a run at ``outputs`` (a sweep point) left ``deferred``, on this
     machine, from the files under ``outputs`` (the paths the entries give, relative to it). Writes the bench output
     and a step record as the pipeline would (a second call finds the step done and skips it); returns the updated
     entries, each with ``step`` (ran | cached | failed). The report reads the figures from the files.
     ``rebuild``: a file that is not here (an ONNX export, or a shared model for the torch backend) is re-made from
     the entry's ``rebuild`` record (the same network, random weights: posekit/sweep/rebuild.py) and timed;
-    ``rebuilt.json`` beside the bench output says so."""
+    ``rebuilt.json`` beside the bench output says so. ``only``: these precisions alone (default: every one)."""
     from posekit.errors import UserError
 
     summary = io.read_json(outputs / "pipeline" / "summary.json")
     todo = [e for e in summary.get("targets", []) if e["target"] == name and
-            (e["status"] == "deferred" or (force and e["status"] == "ok"))]
+            (e["status"] == "deferred" or (force and e["status"] == "ok")) and (only is None or e["precision"] in only)]
     if not todo:
         return []
     cfg = point_config(outputs)
@@ -295,5 +322,6 @@ def bench_deferred(outputs: Path, name: str, stage_runner: Callable[[str, DictCo
     return done
 
 
-__all__ = ["Plan", "bench_deferred", "bench_json", "content_fingerprint", "entry", "machine_label", "measure",
-           "pick_artifact", "point_config", "rebuilt_marker", "timing", "unsupported"]
+__all__ = ["Plan", "bench_deferred", "bench_json", "configured", "content_fingerprint", "entry", "keep_median_round",
+           "machine_label", "measure", "pick_artifact", "point_config", "rebuilt_marker", "round_json", "timing",
+           "unsupported"]

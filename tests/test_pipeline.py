@@ -450,6 +450,43 @@ def test_a_deferred_target_is_evaluated_now_and_timed_later_from_the_files(tmp_p
     assert again.calls == []
 
 
+def test_rounds_keep_the_median_round_of_each_deferred_entry(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from posekit.sweep.report import bench_targets
+    from posekit.targets import bench_json, timing
+
+    cfg = sweep_point_cfg(tmp_path, "precision=int8", "pipeline.targets.cpu.defer=true",
+                          "pipeline.targets.gpu=null")
+    run_pipeline(cfg, FakeStages())
+    root = Experiment(cfg).root
+    (root / ".hydra").mkdir()
+    OmegaConf.save(cfg, root / ".hydra" / "config.yaml")
+
+    latencies = iter([3.0, 1.0, 2.0, 5.0])  # the rounds' network latencies, in the order they are timed
+
+    class Slow(FakeStages):
+        def bench(self, cfg, exp):
+            ms = next(latencies)
+            rows = [{"artifact": cfg.bench.artifacts[0], "batch": 1, "device": "cpu",
+                     "network": {"median_ms": ms, "throughput_ips": 1000 / ms}}]
+            io.write_json(exp.dir("bench") / "bench.json", {"rows": rows, "skipped": {}})
+            return {"latency_ms": ms}
+
+    timer = Slow()
+    monkeypatch.setattr("posekit.stages.pipeline.run_stage_step", timer)
+    counts = bench_targets(root.parent, ["cpu"], rounds=3)
+    assert counts == {"measured": 1, "done earlier": 0, "failed": 0}
+    assert [s for s, _ in timer.calls] == ["bench"] * 3  # the one deferred entry (cpu int8), three times
+    kept = io.read_json(bench_json(root, "cpu", "int8"))
+    assert kept["rounds"] == {"latency_ms": [3.0, 1.0, 2.0], "chosen": 2}  # the median round, not the last
+    assert timing(kept)["latency_ms"] == 2.0 and timing(kept)["latency_rounds"] == [3.0, 1.0, 2.0]
+    assert sorted(p.name for p in bench_json(root, "cpu", "int8").parent.glob("bench*.json")) == ["bench.json"]
+    # done: a later --bench without --force times nothing, whatever the rounds
+    assert bench_targets(root.parent, ["cpu"], rounds=3) == {"measured": 0, "done earlier": 1, "failed": 0}
+    assert len(timer.calls) == 3
+
+
 # --------------------------------------------------------------------------------------------- CLI
 @pytest.mark.slow
 def test_tiny_pipeline_through_the_cli_prints_the_final_table_and_resumes(tmp_path):

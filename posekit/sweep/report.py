@@ -4,6 +4,7 @@ latency target.
     python -m posekit.sweep.report experiments/sweeps/accuracy_latency               # (re)write <sweep>/report/
     python -m posekit.sweep.report experiments/sweeps/accuracy_latency --bench cpu   # time the deferred cpu target
                                                                                      # here, then write the report
+    python -m posekit.sweep.report experiments/sweeps/accuracy_latency --bench cpu --rounds 5  # median of 5 rounds
 
 A sweep also writes it when it ends (``SweepReportCallback``, set in ``hydra.callbacks`` by sweeps/sweep/common.yaml).
 Rows: :mod:`posekit.sweep.collect` (one per point and latency target; per exported artifact for sweeps timed by the
@@ -203,24 +204,51 @@ class SweepReportCallback(Callback):
 
 
 # --------------------------------------------------------------------------------------------- deferred targets
-def bench_targets(sweep_dir: str | Path, names: Sequence[str], force: bool = False, rebuild: bool = False
-                  ) -> dict[str, int]:
+def bench_targets(sweep_dir: str | Path, names: Sequence[str], force: bool = False, rebuild: bool = False,
+                  rounds: int = 1) -> dict[str, int]:
     """Time the deferred entries of targets ``names`` at every point of the sweep, on this machine (the 2-core VM for
-    ``cpu``), from the files the sweep left; returns ``{"measured": n, "done earlier": n, "failed": n}``."""
-    from posekit.stages.pipeline import run_stage_step
-    from posekit.targets import bench_deferred
+    ``cpu``), from the files the sweep left; returns ``{"measured": n, "done earlier": n, "failed": n}``.
 
+    ``rounds`` > 1: every entry the first round timed is timed again in rounds 2..R, and keeps the round with the
+    median latency (:func:`posekit.targets.keep_median_round`). Each round visits every point before the next one
+    starts, so the rounds of one entry lie minutes apart and a slow spell of the machine falls on one of them."""
+    from posekit.stages.pipeline import run_stage_step
+    from posekit.targets import bench_deferred, bench_json, keep_median_round, round_json
+
+    if rounds < 1:
+        from posekit.errors import UserError
+
+        raise UserError(f"--rounds {rounds}: need 1 or more")
     sweep_dir = Path(sweep_dir).resolve()
+    points = [f for f in find_points(sweep_dir) if (f / "pipeline" / "summary.json").is_file()]
     counts = {"measured": 0, "done earlier": 0, "failed": 0}
-    for folder in find_points(sweep_dir):
-        if not (folder / "pipeline" / "summary.json").is_file():
-            continue
-        for name in names:
-            for e in bench_deferred(folder, name, run_stage_step, force=force, rebuild=rebuild):
-                counts[{"ran": "measured", "cached": "done earlier"}.get(e["step"], "failed")] += 1
-                print(f"{folder.name}: {name} {e['precision']} {e['status']} ({e['step']})"
-                      f"{' ' + str(e.get('latency_ms')) + ' ms' if e.get('latency_ms') is not None else ''}"
-                      f"{' ' + str(e['error']) if e.get('error') else ''}", flush=True)
+    timed: dict[tuple[Path, str], list[str]] = {}  # (point, target) -> the precisions the first round timed
+    for k in range(rounds):
+        for folder in points:
+            for name in names:
+                only = None if k == 0 else timed.get((folder, name))
+                if k > 0 and not only:
+                    continue
+                for e in bench_deferred(folder, name, run_stage_step, force=force or k > 0, rebuild=rebuild,
+                                        only=only):
+                    if k == 0:
+                        counts[{"ran": "measured", "cached": "done earlier"}.get(e["step"], "failed")] += 1
+                    elif e["step"] != "ran":
+                        counts["failed"] += 1
+                    if e["step"] == "ran":
+                        if k == 0:
+                            timed.setdefault((folder, name), []).append(e["precision"])
+                        if rounds > 1:
+                            io.write_json(round_json(folder, name, e["precision"], k),
+                                          io.read_json(bench_json(folder, name, e["precision"])))
+                    print(f"{folder.name}: {name} {e['precision']} {e['status']} ({e['step']})"
+                          f"{f' round {k + 1}/{rounds}' if rounds > 1 else ''}"
+                          f"{' ' + str(e.get('latency_ms')) + ' ms' if e.get('latency_ms') is not None else ''}"
+                          f"{' ' + str(e['error']) if e.get('error') else ''}", flush=True)
+    if rounds > 1:
+        for (folder, name), precisions in timed.items():
+            for precision in precisions:
+                keep_median_round(folder, name, precision, rounds)
     return counts
 
 
@@ -236,6 +264,9 @@ def main(argv: Iterable[str] | None = None) -> int:
                         help="with --bench: where a file is not here (an ONNX export, or a shared model for a "
                              "torch target), time a rebuild of its network with random weights (the sweep recorded "
                              "it; posekit/sweep/rebuild.py)")
+    parser.add_argument("--rounds", type=int, default=1, metavar="R",
+                        help="with --bench: time each entry in R rounds over the whole sweep and keep the round "
+                             "with the median latency (a shared machine's slow spells move single sittings)")
     args = parser.parse_args(list(argv) if argv is not None else None)
     from posekit.errors import UserError
 
@@ -244,7 +275,8 @@ def main(argv: Iterable[str] | None = None) -> int:
         if args.bench:
             if not Path(args.sweep_dir).is_dir():
                 raise UserError(f"sweep folder not found: {args.sweep_dir}")
-            counts = bench_targets(args.sweep_dir, args.bench, force=args.force, rebuild=args.rebuild)
+            counts = bench_targets(args.sweep_dir, args.bench, force=args.force, rebuild=args.rebuild,
+                                   rounds=args.rounds)
             print(f"--bench {','.join(args.bench)}: " + ", ".join(f"{v} {k}" for k, v in counts.items()), flush=True)
         rep = write_report(args.sweep_dir, args.out)
     except UserError as e:
