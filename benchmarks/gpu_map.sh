@@ -16,7 +16,7 @@
 #                                                # random weights (--rebuild); then pack
 #
 # On the 2-core VM afterwards, with the packs unpacked into one folder (they hold no model or ONNX file):
-#   python -m posekit.sweep.report experiments/sweeps/accuracy_latency --bench cpu --rebuild
+#   python -m posekit.sweep.report experiments/sweeps/accuracy_latency --bench cpu --rebuild --rounds 5
 #
 # Settings: JOBS (points at once, default 4), WORKERS (loader workers per training, default 6), EXTRA (overrides
 # for every point), PRESET (default gpu), GPU_DEVICE (the gpu target's device, default cuda), SNAP (the working
