@@ -342,8 +342,8 @@ def _interrupted_launch(root: Path, after: int, timeout: float = 400) -> None:
 @pytest.fixture(scope="module")
 def al_sweep(tmp_path_factory):
     """The tiny accuracy-latency sweep, run as it would be on the GPU machine and then the VM: (1) a launch killed
-    after 4 of its 8 points, (2) the relaunch, which finishes it (two points at a time), (3) ``--bench cpu`` times
-    the deferred CPU target from the exported files, (4) a relaunch of the finished sweep. Returns what each step
+    after 4 of its 8 points, (2) the relaunch, which finishes it (two points at a time), (3) ``--bench cpu --rounds
+    3`` times the deferred CPU target from the exported files, (4) a relaunch of the finished sweep. Returns what each step
     left to compare."""
     root = tmp_path_factory.mktemp("sweep-al")
     sweep = root / "sweeps" / "accuracy_latency"
@@ -355,7 +355,7 @@ def al_sweep(tmp_path_factory):
     relaunch = run_cli(*AL_TINY, f"experiment.root={root}", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
                        timeout=400, env=AL_ENV)
     records_after_relaunch = _mtimes(sweep, "pipeline/steps/*.json")
-    assert main([str(sweep), "--bench", "cpu"]) == 0
+    assert main([str(sweep), "--bench", "cpu", "--rounds", "3"]) == 0  # each entry timed 3 times, median kept
     report_after_bench = {f: (sweep / "report" / f).read_bytes() for f in REPORT_FILES}
     models = _mtimes(sweep / "shared", "*.pt")
     last = run_cli(*AL_TINY, f"experiment.root={root}", timeout=200, env=AL_ENV)
@@ -400,6 +400,9 @@ def test_accuracy_latency_sweep_report_matches_the_points_own_eval_and_bench_out
             assert float(r["e2e_ms"]) == pytest.approx(by_batch[1]["end_to_end"]["median_ms"])
         else:
             assert r["e2e_ms"] == "" and "end_to_end" not in by_batch[1]
+            rounds = bench["rounds"]["latency_ms"]  # --rounds 3: the kept round is the median one
+            assert len(rounds) == 3 and by_batch[1]["network"]["median_ms"] == sorted(rounds)[1]
+            assert not list((folder / "targets" / target / prec / "bench").glob("bench.round*.json"))
         assert float(r["throughput"]) == pytest.approx(by_batch[max(by_batch)]["network"]["throughput_ips"])
         # the device each latency came from: torch "gpu" target on this CPU-only machine says cpu, and the machine
         assert r["device"] == by_batch[1]["device"] == "cpu" and r["machine"].endswith(f"({os.cpu_count()} CPUs)")
