@@ -140,7 +140,7 @@ def bench_json(outputs: Path, name: str, precision: str) -> Path:
 
 
 def round_json(outputs: Path, name: str, precision: str, k: int) -> Path:
-    """Round ``k``'s copy of :func:`bench_json` while an entry is timed in several rounds (:func:`keep_median_round`)."""
+    """Round ``k``'s copy of :func:`bench_json`, while an entry is timed in rounds (:func:`keep_median_round`)."""
     return bench_json(outputs, name, precision).with_name(f"bench.round{k}.json")
 
 
@@ -280,8 +280,9 @@ def bench_deferred(outputs: Path, name: str, stage_runner: Callable[[str, DictCo
     from posekit.errors import UserError
 
     summary = io.read_json(outputs / "pipeline" / "summary.json")
-    todo = [e for e in summary.get("targets", []) if e["target"] == name and
-            (e["status"] == "deferred" or (force and e["status"] == "ok")) and (only is None or e["precision"] in only)]
+    todo = [e for e in summary.get("targets", []) if e["target"] == name
+            and (e["status"] == "deferred" or (force and e["status"] == "ok"))
+            and (only is None or e["precision"] in only)]
     if not todo:
         return []
     cfg = point_config(outputs)

@@ -343,8 +343,8 @@ def _interrupted_launch(root: Path, after: int, timeout: float = 400) -> None:
 def al_sweep(tmp_path_factory):
     """The tiny accuracy-latency sweep, run as it would be on the GPU machine and then the VM: (1) a launch killed
     after 4 of its 8 points, (2) the relaunch, which finishes it (two points at a time), (3) ``--bench cpu --rounds
-    3`` times the deferred CPU target from the exported files, (4) a relaunch of the finished sweep. Returns what each step
-    left to compare."""
+    3`` times the deferred CPU target from the exported files, (4) a relaunch of the finished sweep. Returns what
+    each step left to compare."""
     root = tmp_path_factory.mktemp("sweep-al")
     sweep = root / "sweeps" / "accuracy_latency"
     _interrupted_launch(root, after=4)
