@@ -384,6 +384,9 @@ class PipelineConfig:
     # the export step runs once per precision; null: only the configured precision.name (what sweeps use)
     precisions: Optional[List[str]] = field(default_factory=lambda: ["fp32", "int8"])
     force: bool = False  # re-run every step even when its record says it is done
+    # prune.pth=0: retrain the trained model anyway, as long as a pruned one (retrain.*), so that a sweep's pth 0
+    # point has the same schedule as its pruned points and the two differ in pruning alone (docs/sweeps.md)
+    retrain_unpruned: bool = False
     # latency targets measured by the `targets` step, by name (sweeps/sweep/accuracy_latency.yaml: gpu, cpu);
     # null drops a target a composed config defines (pipeline.targets.gpu=null: the CPU target alone)
     targets: Dict[str, Optional[TargetConfig]] = field(default_factory=dict)

@@ -378,6 +378,26 @@ def test_pth_0_is_the_trained_model_itself_no_prune_and_no_retrain(tmp_path):
     assert [s for s, _ in explicit.calls] == ["retrain"]
 
 
+def test_retrain_unpruned_gives_pth_0_the_pruned_points_schedule(tmp_path):
+    cfg = tiny_cfg(tmp_path, "prune.pth=0", "pipeline.retrain_unpruned=true")
+    fake = FakeStages()
+    run_pipeline(cfg, fake)
+    stages = [s for s, _ in fake.calls]
+    assert "prune" not in stages and stages.count("retrain") == 1  # no pruning, but the retraining
+    exp = Experiment(cfg)
+    retrain = fake.configs[stages.index("retrain")]
+    assert Path(retrain.retrain.model) == exp.trained_model  # the unpruned model, retrained as a pruned one is
+    assert all(Path(c.export.model) == exp.retrained_model() for s, c in zip(stages, fake.configs) if s == "export")
+    steps = {s["id"]: s["status"] for s in summary_of(cfg)["steps"]}
+    assert steps["prune-0.0"] == "skipped" and steps["retrain-0.0"] == "ran"
+    assert {r["model"] for r in summary_of(cfg)["rows"]} == {"trained", "retrained-0.0"}
+    # the key is not part of any step's fingerprint: without it the relaunch finds train done, and goes back to
+    # the trained model for export (those steps run again: their input changed)
+    again = FakeStages()
+    run_pipeline(tiny_cfg(tmp_path, "prune.pth=0"), again)
+    assert "train" not in [s for s, _ in again.calls] and "retrain" not in [s for s, _ in again.calls]
+
+
 def sweep_point_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
     """A point of sweeps/sweep/accuracy_latency.yaml at tiny scale, run as a plain pipeline (no Hydra job)."""
     return tiny_cfg(tmp_path, "+sweep=accuracy_latency", "sweep.train_shape=null", "resolution=128x128",

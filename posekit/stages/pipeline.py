@@ -122,7 +122,10 @@ class Pipeline:
     def _unpruned(self, stage: str) -> bool:
         """``prune.pth=0`` keeps every filter (posekit/prune/threshold.py): the pruned model would equal the trained
         one and retraining it would only train longer, so both steps are skipped and the trained model goes on
-        (a point at pth 0 of a sweep is the trained model itself). An explicit ``<stage>.model`` still runs."""
+        (a point at pth 0 of a sweep is the trained model itself). An explicit ``<stage>.model`` still runs, and
+        so does retrain with ``pipeline.retrain_unpruned`` (the control: the same schedule as the pruned points)."""
+        if stage == "retrain" and self.cfg.pipeline.retrain_unpruned:
+            return False
         return float(self.cfg.prune.pth) == 0 and not self.cfg[stage].model
 
     def _input_model(self, stage: str, explicit: str | None) -> Entry | None:
