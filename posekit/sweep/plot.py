@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io as _io
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,7 @@ def pareto_figure(rows: Sequence[Mapping[str, Any]], front: Sequence[bool], titl
     else:
         ax.text(0.5, 0.5, "no point has both AP and latency yet", ha="center", va="center", transform=ax.transAxes)
     shown = "" if len(labelled) == len(rows) else "; labels: the front (every point is in the table)"
-    ax.set_title(title + shown, fontsize=10)
+    ax.set_title(textwrap.fill(title + shown, 120), fontsize=10)  # a long sweep name would run off the figure
     ax.set_xlabel(xlabel)
     ax.set_ylabel("AP (COCO keypoints)")
     ax.grid(True, which="both", alpha=0.3)
