@@ -151,13 +151,12 @@ def keep_median_round(outputs: Path, name: str, precision: str, rounds: int) -> 
     agree within about 10%, but one sitting's median landed at 0.6x to 1.7x the median of five (docs/sweeps.md).
     Returns the ``rounds`` record, or None when no round of the entry was timed."""
     files = [round_json(outputs, name, precision, k) for k in range(rounds)]
-    timed = [(k, io.read_json(f)) for k, f in enumerate(files) if f.is_file()]
-    timed = [(k, b) for k, b in timed if timing(b).get("latency_ms") is not None]
+    benches = [(k, io.read_json(f)) for k, f in enumerate(files) if f.is_file()]
+    timed = [(k, b, ms) for k, b in benches if (ms := timing(b).get("latency_ms")) is not None]  # round order
     if not timed:
         return None
-    by_latency = sorted(timed, key=lambda kb: timing(kb[1])["latency_ms"])
-    chosen, bench = by_latency[(len(by_latency) - 1) // 2]
-    record = {"latency_ms": [timing(b)["latency_ms"] for _, b in timed], "chosen": chosen}  # in round order
+    chosen, bench, _ = sorted(timed, key=lambda t: t[2])[(len(timed) - 1) // 2]
+    record = {"latency_ms": [ms for _, _, ms in timed], "chosen": chosen}
     io.write_json(bench_json(outputs, name, precision), {**bench, "rounds": record})
     for f in files:
         f.unlink(missing_ok=True)

@@ -108,7 +108,9 @@ TARGET_PRECISIONS = {"torch": ["fp32", "fp16", "bf16"], "onnxruntime": ["fp32", 
 def _validate_targets(cfg: DictConfig) -> None:
     """``pipeline.targets``: known backends, precisions each backend runs, batch sizes >= 1, and a target
     for the ``targets`` step to measure."""
-    targets = {n: t for n, t in (cfg.pipeline.get("targets") or {}).items() if t is not None}  # null: dropped
+    from posekit.targets import configured
+
+    targets = configured(cfg)  # a target set to null is dropped
     for name, t in targets.items():
         key = f"pipeline.targets.{name}"
         _choice(t.backend, f"{key}.backend", list(TARGET_PRECISIONS))
